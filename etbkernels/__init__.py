@@ -1,0 +1,11 @@
+"""etbkernels: Expected Tight Bounds (ETB) and IBP interval bounds for ReLU networks.
+
+ETB bounds are *expected* bounds (tight, not certificates); IBP bounds are sound. See README.md.
+"""
+from . import reference
+from ._ops import has_cuda_kernels, ops
+from .block import etb_block, ibp_block
+from .bounds_type import Bounds
+
+__version__ = "0.1.0"
+__all__ = ["Bounds", "etb_block", "ibp_block", "reference", "ops", "has_cuda_kernels", "__version__"]
