@@ -1,6 +1,7 @@
 #include "block_common.h"
 
 #include "checks.h"
+#include "poison.h"
 
 namespace etbk {
 namespace {
@@ -36,12 +37,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> etb_block_impl(const at::Tensor& 
     s = prepare_mask("etb_block", *mask, d, center);
   } else {
     // A ReLU can be active somewhere in the box iff its IBP upper bound c1 + |W1| r is > 0.
-    s = at::add(c1, at::mm(r, W1.abs().t())).gt(0).to(center.scalar_type());
+    // Written as !(upper <= 0) so a NaN upper bound keeps the unit and its NaN reaches the output.
+    s = at::add(c1, at::mm(r, W1.abs().t())).le(0).logical_not().to(center.scalar_type());
   }
   // s * c1 (not a masked select) so a NaN in c1 still reaches the output.
   const at::Tensor act = output_center ? at::relu(c1) : at::mul(s, c1);
   at::Tensor out_center = affine(act, W2, b2);
-  at::Tensor out_radius = at::empty({d.N, d.m}, center.options());
+  at::Tensor out_radius = empty_poisoned({d.N, d.m}, center.options());
   if (out_radius.numel() > 0) radius_fwd(W1, W2, s, r, out_radius);
   return {out_center, out_radius, s};
 }
@@ -72,8 +74,8 @@ Grads6 etb_block_backward_impl(const at::Tensor& grad_center, const at::Tensor& 
   // Radius path (the mask carries no gradient): fused kernel, P tiles recomputed.
   at::Tensor dradius = at::zeros({d.N, d.n}, center.options());
   if (d.N > 0 && d.n > 0 && d.h > 0 && d.m > 0) {
-    at::Tensor dw1_r = at::empty({d.h, d.n}, center.options());
-    at::Tensor dw2_r = at::empty({d.m, d.h}, center.options());
+    at::Tensor dw1_r = empty_poisoned({d.h, d.n}, center.options());
+    at::Tensor dw2_r = empty_poisoned({d.m, d.h}, center.options());
     radius_bwd(grad_radius.contiguous(), W1, W2, S, radius.contiguous(), dradius, dw1_r, dw2_r);
     dw1.add_(dw1_r);
     dw2.add_(dw2_r);

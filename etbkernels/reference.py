@@ -19,9 +19,12 @@ def _affine(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
 
 
 def etb_mask_ref(center: Tensor, radius: Tensor, w1: Tensor, b1: Optional[Tensor]) -> Tensor:
-    """s = 1[c1 + |W1| r > 0]: the ReLUs whose IBP upper bound is positive (0/1, input dtype)."""
+    """s = 1[c1 + |W1| r > 0]: the ReLUs whose IBP upper bound is positive (0/1, input dtype).
+
+    A NaN upper bound counts as active, so NaN inputs give NaN bounds instead of being dropped.
+    """
     c1 = _affine(center, w1, b1)
-    return (c1 + radius @ w1.abs().T > 0).to(center.dtype)
+    return (~(c1 + radius @ w1.abs().T <= 0)).to(center.dtype)
 
 
 def etb_block_ref(center: Tensor, radius: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor,

@@ -5,6 +5,8 @@
 
 #include <ATen/ATen.h>
 
+#include "poison.h"
+
 #include <cstring>
 #include <vector>
 
@@ -18,7 +20,7 @@ struct ActiveRows {
   int64_t count = 0;
 
   ActiveRows(int64_t h, int64_t n, int64_t m, const at::TensorOptions& opts)
-      : w1a(at::empty({h, n}, opts)), w2ta(at::empty({h, m}, opts)), index(h) {}
+      : w1a(empty_poisoned({h, n}, opts)), w2ta(empty_poisoned({h, m}, opts)), index(h) {}
 
   // Gathers the rows of w1 (h, n) and w2t (h, m) where mask (h values, 0/1) is nonzero.
   void gather(const scalar_t* mask, const at::Tensor& w1, const at::Tensor& w2t) {

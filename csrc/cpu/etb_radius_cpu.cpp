@@ -10,6 +10,7 @@
 
 #include "block_common.h"
 #include "cpu/active_rows.h"
+#include "poison.h"
 
 namespace etbk::cpu {
 namespace {
@@ -63,7 +64,7 @@ void radius_fwd(const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& s,
   // BLAS calls use the threads instead.
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     ActiveRows<scalar_t> act(h, n, m, opts);
-    at::Tensor tile_buf = at::empty({bm, n}, opts);
+    at::Tensor tile_buf = empty_poisoned({bm, n}, opts);
     for (int64_t b = begin; b < end; ++b) {
       act.gather(s_ptr + b * h, w1, w2t);
       scalar_t* out_row = out_ptr + b * m;
@@ -100,9 +101,9 @@ void radius_bwd(const at::Tensor& grad, const at::Tensor& w1, const at::Tensor& 
   std::vector<at::Tensor> dw1_part(chunks), dw2_part(chunks);
   at::parallel_for(0, chunks, 1, [&](int64_t cbegin, int64_t cend) {
     ActiveRows<scalar_t> act(h, n, m, opts);
-    at::Tensor tile_buf = at::empty({bm, n}, opts);
-    at::Tensor dw2_tile_buf = at::empty({bm, h}, opts);
-    at::Tensor dw1a_buf = at::empty({h, n}, opts);
+    at::Tensor tile_buf = empty_poisoned({bm, n}, opts);
+    at::Tensor dw2_tile_buf = empty_poisoned({bm, h}, opts);
+    at::Tensor dw1a_buf = empty_poisoned({h, n}, opts);
     for (int64_t c = cbegin; c < cend; ++c) {
       at::Tensor dw1_acc = at::zeros({h, n}, opts);
       at::Tensor dw2_acc = at::zeros({m, h}, opts);
