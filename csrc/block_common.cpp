@@ -1,5 +1,7 @@
 #include "block_common.h"
 
+#include <ATen/core/LegacyTypeDispatch.h>
+
 #include "checks.h"
 #include "poison.h"
 
@@ -25,6 +27,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> etb_block_impl(const at::Tensor& 
                                                               const at::Tensor& w2, const std::optional<at::Tensor>& b2,
                                                               const std::optional<at::Tensor>& mask, bool output_center,
                                                               RadiusFwdFn radius_fwd) {
+  // Kernels call ATen ops on tensors that may require grad: autograd is handled outside.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   const BlockDims d = check_block_inputs("etb_block", center, radius, w1, b1, w2, b2);
   check_radius_nonnegative("etb_block", radius);
   const at::Tensor r = radius.contiguous();
@@ -51,6 +55,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> etb_block_impl(const at::Tensor& 
 Grads6 etb_block_backward_impl(const at::Tensor& grad_center, const at::Tensor& grad_radius, const at::Tensor& center,
                                const at::Tensor& radius, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
                                const at::Tensor& w2, const at::Tensor& s, bool output_center, RadiusBwdFn radius_bwd) {
+  // Kernels call ATen ops on tensors that may require grad: autograd is handled outside.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   const char* op = "etb_block_backward";
   const BlockDims d = check_block_inputs(op, center, radius, w1, b1, w2, std::nullopt);
   check_grad(op, "grad_center", grad_center, center, d.m);
@@ -86,6 +92,8 @@ Grads6 etb_block_backward_impl(const at::Tensor& grad_center, const at::Tensor& 
 std::tuple<at::Tensor, at::Tensor> ibp_block_impl(const at::Tensor& center, const at::Tensor& radius,
                                                   const at::Tensor& w1, const std::optional<at::Tensor>& b1,
                                                   const at::Tensor& w2, const std::optional<at::Tensor>& b2) {
+  // Kernels call ATen ops on tensors that may require grad: autograd is handled outside.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   check_block_inputs("ibp_block", center, radius, w1, b1, w2, b2);
   check_radius_nonnegative("ibp_block", radius);
   const at::Tensor c1 = affine(center, w1, b1);
@@ -98,6 +106,8 @@ std::tuple<at::Tensor, at::Tensor> ibp_block_impl(const at::Tensor& center, cons
 Grads6 ibp_block_backward_impl(const at::Tensor& grad_center, const at::Tensor& grad_radius, const at::Tensor& center,
                                const at::Tensor& radius, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
                                const at::Tensor& w2) {
+  // Kernels call ATen ops on tensors that may require grad: autograd is handled outside.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   const char* op = "ibp_block_backward";
   const BlockDims d = check_block_inputs(op, center, radius, w1, b1, w2, std::nullopt);
   check_grad(op, "grad_center", grad_center, center, d.m);

@@ -17,7 +17,7 @@ def _leaves(blk, bias=True):
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("center_at", ["linear", "output"])
 @pytest.mark.parametrize("shape", [(1, 3, 4, 2), (4, 7, 5, 6), (3, 11, 13, 17)], ids=str)
-def test_gradcheck_etb(shape, center_at, device):
+def test_gradcheck_etb(shape, center_at, device, cpu_strategy):
     blk = random_block(*shape, device=device, eps=0.5, seed=7)
     blk.radius = blk.radius + 0.05  # keep the box away from r = 0 under finite differences
     a = _leaves(blk)
@@ -59,7 +59,7 @@ def test_gradcheck_scalar_and_per_feature_radius():
 
 @pytest.mark.parametrize("center_at", ["linear", "output"])
 @pytest.mark.parametrize("shape", [(33, 100, 129, 70), (2, 257, 64, 300)], ids=str)
-def test_grads_match_reference_autograd_float32(shape, center_at):
+def test_grads_match_reference_autograd_float32(shape, center_at, cpu_strategy):
     blk = random_block(*shape, dtype=torch.float32, eps=0.2, seed=11)
     a, b = _leaves(blk), _leaves(blk)
     mask = E.ops.etb_block(*blk.args(), None, False)[2]

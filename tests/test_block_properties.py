@@ -49,7 +49,7 @@ def test_etb_far_tighter_than_ibp_on_gaussian_blocks():
 
 
 @pytest.mark.parametrize("fn", [E.etb_block, E.ibp_block])
-def test_batch_equals_per_sample(fn):
+def test_batch_equals_per_sample(fn, cpu_strategy):
     blk = random_block(7, 31, 23, 19, eps=0.2)
     batch = fn(*blk.args())
     for i in range(7):
@@ -59,7 +59,7 @@ def test_batch_equals_per_sample(fn):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_bitwise_deterministic_forward_and_backward(dtype):
+def test_bitwise_deterministic_forward_and_backward(dtype, cpu_strategy):
     blk = random_block(64, 120, 200, 90, dtype=dtype, eps=0.1, seed=8)
 
     def run():

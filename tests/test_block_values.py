@@ -36,7 +36,7 @@ def op_with_mask(blk, center_at="linear"):
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("center_at", ["linear", "output"])
-def test_etb_matches_reference(shape, dtype, device, center_at):
+def test_etb_matches_reference(shape, dtype, device, center_at, cpu_strategy):
     blk = random_block(*shape, dtype=dtype, device=device, eps=0.3, seed=sum(shape))
     c_out, r_out, s = op_with_mask(blk, center_at)
     # The mask: equal to the reference's except where c1 + |W1| r is within rounding of 0.

@@ -42,12 +42,4 @@ struct ActiveRows {
   at::Tensor w2t_active() const { return w2ta.narrow(0, 0, count); } // (count, m)
 };
 
-// Rows of P per tile: a (rows x n) tile should stay in L2 while it is reduced.
-inline int64_t tile_rows(int64_t m, int64_t n, size_t elem_size) {
-  const int64_t target_bytes = 256 * 1024;
-  int64_t rows = target_bytes / std::max<int64_t>(1, n * static_cast<int64_t>(elem_size));
-  rows = std::max<int64_t>(16, (rows / 8) * 8);
-  return std::min(rows, m);
-}
-
 }  // namespace etbk::cpu

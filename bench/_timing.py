@@ -1,0 +1,55 @@
+"""Timing and memory helpers shared by the benchmarks: medians of interleaved repeats (these
+machines are noisy, so every ratio is taken against a baseline measured in the same run) and
+peak extra resident memory measured in a fresh subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Dict
+
+
+def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> Dict[str, dict]:
+    """Runs every fn once per round, ``repeats`` rounds, and returns median/min/max seconds per name."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "repeats": len(v)}
+            for k, v in times.items()}
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure_peak_extra_mib(setup: Callable[[], Callable[[], object]]) -> float:
+    """Peak resident memory (MiB) that one call adds on top of its inputs, in this process.
+
+    ``setup`` builds the inputs and returns the call. The peak (VmHWM) is reset after setup via
+    /proc/self/clear_refs, so only the call's own allocations count."""
+    fn = setup()
+    before = _rss_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    fn()
+    return (_rss_kib("VmHWM") - before) / 1024.0
+
+
+def peak_in_subprocess(module: str, args: list) -> float:
+    """Runs ``python -m module --peak-json ...args`` in a fresh process and returns the MiB it reports."""
+    out = subprocess.run([sys.executable, "-m", module, "--peak", *args], check=True, capture_output=True,
+                         text=True, env=os.environ | {"ETBK_POISON": "0"})
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_extra_mib"]

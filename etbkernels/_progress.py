@@ -1,0 +1,10 @@
+"""A progress bar when tqdm is installed, a silent pass-through otherwise."""
+from __future__ import annotations
+
+
+def progress(iterable, **kwargs):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional
+        return iterable
+    return tqdm(iterable, **kwargs)

@@ -1,0 +1,51 @@
+"""Inner estimates of an output range by projected gradient ascent (PGD) inside an L-inf box.
+
+Used to measure how often an ETB interval fails to contain values the network really takes
+(ETB's *violation rate*): ETB bounds are expected bounds, not certificates.
+"""
+from __future__ import annotations
+
+from typing import Callable, Tuple
+
+import torch
+from torch import Tensor
+
+
+def pgd_output_range(fn: Callable[[Tensor], Tensor], lower_in: Tensor, upper_in: Tensor, *, steps: int = 30,
+                     restarts: int = 1, step_frac: float = 0.25, seed: int = 0) -> Tuple[Tensor, Tensor]:
+    """Lowest and highest value of every output of ``fn`` that PGD finds in the box [lower_in, upper_in].
+
+    ``fn`` maps (B, *in) -> (B, m). Each (sample, output, direction) gets its own attack point, so
+    the result is per output, not a compromise between outputs. Returns (found_min, found_max),
+    each (N, m): inner estimates (found_min >= true min, found_max <= true max).
+    """
+    if lower_in.shape != upper_in.shape:
+        raise ValueError(f"pgd_output_range: lower_in {tuple(lower_in.shape)} and upper_in {tuple(upper_in.shape)} differ")
+    if (upper_in < lower_in).any():
+        raise ValueError("pgd_output_range: upper_in must be >= lower_in")
+    N = lower_in.shape[0]
+    with torch.no_grad():
+        m = fn(((lower_in + upper_in) / 2)[:1]).shape[-1]
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    lo = lower_in.unsqueeze(0).expand(2 * m, *lower_in.shape).reshape(2 * m * N, *lower_in.shape[1:])
+    hi = upper_in.unsqueeze(0).expand_as(lo.view(2 * m, *lower_in.shape)).reshape_as(lo)
+    # Direction d < m maximizes output d; d >= m minimizes output d - m.
+    sign = torch.cat([torch.ones(m), -torch.ones(m)]).to(lower_in)
+    which = torch.arange(2 * m) % m
+    step = (hi - lo) * step_frac
+    best = torch.full((2 * m, N), -float("inf"), dtype=lower_in.dtype, device=lower_in.device)
+    for _ in range(restarts):
+        u = torch.rand(lo.shape, generator=g).to(lo)
+        x = (lo + u * (hi - lo)).requires_grad_(True)
+        for it in range(steps + 1):
+            out = fn(x).view(2 * m, N, m)
+            obj = sign[:, None] * out[torch.arange(2 * m), :, which]  # (2m, N)
+            best = torch.maximum(best, obj.detach())
+            if it == steps:
+                break
+            (grad,) = torch.autograd.grad(obj.sum(), x)
+            with torch.no_grad():
+                x = torch.minimum(torch.maximum(x + step * grad.sign(), lo), hi).requires_grad_(True)
+    found_max = best[:m].T.contiguous()
+    found_min = (-best[m:]).T.contiguous()
+    return found_min, found_max
