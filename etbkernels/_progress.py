@@ -7,4 +7,6 @@ def progress(iterable, **kwargs):
         from tqdm.auto import tqdm
     except ImportError:  # tqdm is optional
         return iterable
+    kwargs.setdefault("disable", None)  # shown on a terminal, silent in logs
+    kwargs.setdefault("mininterval", 0.5)
     return tqdm(iterable, **kwargs)

