@@ -18,6 +18,8 @@ SHAPES = [
     (300, 11, 13, 7),
     (37, 100, 61, 333),
     (3, 1025, 7, 17),
+    (3, 1025, 7, 130),  # several row tiles plus a remainder (gathered strategy)
+    (50, 300, 20, 10),  # several stacked sample groups plus a remainder (stacked strategy)
 ]
 
 
