@@ -2,6 +2,13 @@ import os
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Property-based tests: a bounded, reproducible profile by default (CI); HYPOTHESIS_PROFILE=dev
+# draws more examples with fresh randomness.
+settings.register_profile("ci", max_examples=40, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=300)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Every test runs with poisoned kernel buffers (see csrc/poison.h): an unwritten element is NaN.
 os.environ["ETBK_POISON"] = "1"
