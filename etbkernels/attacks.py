@@ -49,3 +49,51 @@ def pgd_output_range(fn: Callable[[Tensor], Tensor], lower_in: Tensor, upper_in:
     found_max = best[:m].T.contiguous()
     found_min = (-best[m:]).T.contiguous()
     return found_min, found_max
+
+
+def pgd_attack(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, eps: float, *, steps: int = 40,
+               restarts: int = 1, step_size: float | None = None, clip: Tuple[float, float] | None = (0.0, 1.0),
+               seed: int = 0) -> Tuple[Tensor, Tensor]:
+    """L-inf PGD against the true labels (untargeted, cross-entropy, random start, restarts).
+
+    Args:
+        model: maps inputs (N, ...) to logits (N, K).
+        x, y: inputs (in the model's input units, e.g. pixels in [0, 1]) and labels (N,).
+        eps: L-inf radius (>= 0) in the same units.
+        steps, restarts: PGD iterations per restart and random restarts; a sample counts as
+            broken if any restart breaks it.
+        step_size: defaults to 2.5 * eps / steps (at least eps / 4 for short runs).
+        clip: valid input range the adversarial point must stay in, or None.
+
+    Returns:
+        (x_adv, still_correct): the strongest point found per sample (a misclassified one where
+        found) and a bool (N,) mask of samples the attack did not break.
+    """
+    if eps < 0:
+        raise ValueError(f"pgd_attack: eps must be >= 0, got {eps}")
+    if steps < 0 or restarts < 1:
+        raise ValueError(f"pgd_attack: need steps >= 0 and restarts >= 1, got {steps}, {restarts}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"pgd_attack: x has {x.shape[0]} samples but y has {y.shape[0]}")
+    step = step_size if step_size is not None else max(2.5 * eps / max(steps, 1), eps / 4)
+    lo, hi = x - eps, x + eps
+    if clip is not None:
+        lo, hi = lo.clamp(*clip), hi.clamp(*clip)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x_best = x.detach().clone()
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    for _ in range(restarts):
+        u = torch.rand(x.shape, generator=g).to(x)
+        xa = (lo + u * (hi - lo)).detach()
+        for _ in range(steps):
+            xa.requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(model(xa), y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, xa)
+            xa = torch.minimum(torch.maximum(xa.detach() + step * grad.sign(), lo), hi)
+        with torch.no_grad():
+            fooled = model(xa).argmax(1) != y
+        newly = fooled & correct
+        x_best[newly] = xa[newly]
+        correct &= ~fooled
+    return x_best, correct
