@@ -1,0 +1,88 @@
+"""Robust training losses built on interval bounds, and the schedules that go with them.
+
+Both losses take bounds computed elsewhere (ETB or IBP, e.g. from ``etbkernels.bounds``), so
+either method trains with either loss. See ../shared/ETB.md, "Training loss".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _check(logits: Tensor, y: Tensor, name: str, other: Tensor) -> None:
+    if logits.dim() != 2:
+        raise ValueError(f"{name}: logits must be (N, K), got {tuple(logits.shape)}")
+    if other.shape != logits.shape:
+        raise ValueError(f"{name}: bounds must have the logits' shape {tuple(logits.shape)}, got {tuple(other.shape)}")
+    if y.shape != (logits.shape[0],) or y.dtype != torch.int64:
+        raise ValueError(f"{name}: labels must be int64 of shape ({logits.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+
+
+def worst_case_logits(logits: Tensor, radius: Tensor, y: Tensor) -> Tensor:
+    """z~: every wrong logit raised by its radius, the true logit lowered by its radius."""
+    _check(logits, y, "worst_case_logits", radius)
+    sign = torch.ones_like(logits).scatter_(1, y[:, None], -1.0)
+    return logits + sign * radius
+
+
+def etb_release_loss(logits: Tensor, radius: Tensor, y: Tensor, *, lam: float = 1.0, temperature: float = 1.0) -> Tensor:
+    """The ETB authors' loss: ``CE(f(x), y) + lam * CE(z~ / (T * max_j |z~_j|), y)``.
+
+    Args:
+        logits: the network's output f(x) at the clean input (N, K) (the interval's centre).
+        radius: the logits' bound radius (N, K) (ETB or IBP).
+        y: labels (N,) int64.
+        lam, temperature: the weight of the robust term and the normalization temperature T > 0.
+    """
+    if temperature <= 0:
+        raise ValueError(f"etb_release_loss: temperature must be > 0, got {temperature}")
+    z = worst_case_logits(logits, radius, y)
+    scale = temperature * z.abs().amax(1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
+    return F.cross_entropy(logits, y) + lam * F.cross_entropy(z / scale, y)
+
+
+def margin_worst_logits(margin_lower: Tensor, y: Tensor) -> Tensor:
+    """IBP-paper worst-case logits from lower bounds of the margins z_y - z_j (N, K): z~_j = -lower_j.
+
+    The true class's own margin is 0 by definition, so z~_y = 0 whatever the bound says.
+    """
+    if margin_lower.dim() != 2 or y.shape != (margin_lower.shape[0],):
+        raise ValueError(f"margin_worst_logits: need (N, K) margins and (N,) labels, got {tuple(margin_lower.shape)} "
+                         f"and {tuple(y.shape)}")
+    return (-margin_lower).scatter(1, y[:, None], 0.0)
+
+
+def ibp_paper_loss(logits: Tensor, margin_lower: Tensor, y: Tensor, *, kappa: float) -> Tensor:
+    """``kappa * CE(f(x), y) + (1 - kappa) * CE(z~, y)`` with z~ from margin lower bounds (Gowal et al.)."""
+    if not 0.0 <= kappa <= 1.0:
+        raise ValueError(f"ibp_paper_loss: kappa must be in [0, 1], got {kappa}")
+    _check(logits, y, "ibp_paper_loss", margin_lower)
+    return kappa * F.cross_entropy(logits, y) + (1 - kappa) * F.cross_entropy(margin_worst_logits(margin_lower, y), y)
+
+
+@dataclass(frozen=True)
+class LinearRamp:
+    """``start`` for ``warmup`` steps, then linear to ``end`` over ``ramp`` steps, then ``end``.
+
+    Used for eps (0 -> eps) and kappa (1 -> 0.5) schedules; steps are optimizer steps.
+    """
+
+    start: float
+    end: float
+    warmup: int = 0
+    ramp: int = 0
+
+    def __post_init__(self):
+        if self.warmup < 0 or self.ramp < 0:
+            raise ValueError(f"LinearRamp: warmup and ramp must be >= 0, got {self.warmup}, {self.ramp}")
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return self.start
+        if self.ramp == 0 or step >= self.warmup + self.ramp:
+            return self.end
+        t = (step - self.warmup) / self.ramp
+        return self.start + t * (self.end - self.start)
