@@ -50,6 +50,9 @@ def measure_peak_extra_mib(setup: Callable[[], Callable[[], object]]) -> float:
 
 def peak_in_subprocess(module: str, args: list) -> float:
     """Runs ``python -m module --peak-json ...args`` in a fresh process and returns the MiB it reports."""
+    import torch
+
+    env = os.environ | {"ETBK_POISON": "0", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     out = subprocess.run([sys.executable, "-m", module, "--peak", *args], check=True, capture_output=True,
-                         text=True, env=os.environ | {"ETBK_POISON": "0"})
+                         text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_extra_mib"]

@@ -165,14 +165,17 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", type=Path, default=OUT, help="folder for block_cpu.{json,md,png}")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shapes = QUICK_SHAPES if args.quick else DEFAULT_SHAPES
     rows = run(shapes, args.repeats)
-    result = {"command": "python -m bench.bench_block" + (" --quick" if args.quick else ""),
+    result = {"command": "python -m bench.bench_block " + " ".join(argv),
               "machine": f"{platform.machine()} {os.cpu_count()} cores", "torch": torch.__version__,
               "threads": torch.get_num_threads(), "repeats": args.repeats, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "block_cpu_quick" if args.quick else "block_cpu"
+    stem = ("block_cpu_quick" if args.quick else "block_cpu") + (f"_{args.threads}t" if args.threads else "")
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
     (args.out / f"{stem}.md").write_text(to_markdown(result))
     plot(result, args.out / f"{stem}.png")
