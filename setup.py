@@ -35,8 +35,6 @@ def _extension():
         # torch 2.13, C++20 from 2.14, whose ATen headers refuse C++17).
         cxx_cu = [f for f in cxx if not f.startswith("-std=")]
         nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
-        if os.environ.get("ETBK_PTXAS_VERBOSE", "0") == "1":  # register / spill report (bench/gpu_check.sh)
-            nvcc.append("-Xptxas=-v")
         return CUDAExtension(
             "etbkernels._C",
             sources + cu_sources,
