@@ -300,7 +300,8 @@ def test_ibp_cuda(size):
     torch.testing.assert_close(out_c, ref.center)
     torch.testing.assert_close(out_r, ref.radius)
     ins = [t.detach().requires_grad_() for t in (c, r + 0.05, w1, b1, w2, b2)]
-    assert torch.autograd.gradcheck(lambda *a: ops.ibp_block(*a), ins, eps=1e-6, atol=1e-6, rtol=1e-4)
+    if sum(t.numel() for t in ins) <= 3000:  # gradcheck does two forwards per input element
+        assert torch.autograd.gradcheck(lambda *a: ops.ibp_block(*a), ins, eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
 # ---------------------------------------------------------------- opcheck, compile, wrappers
