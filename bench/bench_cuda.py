@@ -150,7 +150,10 @@ def verdicts(res):
         "faster than chunked cuBLAS": ok(res["fused_fwd_high_ms"] < res["chunked_cublas_tf32_ms"]
                                          and res["fused_fwd_highest_ms"] < res["chunked_cublas_fp32_ms"]),
         "bwd <= 3.5x fwd": ok(res["bwd_over_fwd_high"] <= 3.5 and res["bwd_over_fwd_highest"] <= 3.5),
-        "extra mem << N m n": ok(max(res["fwd_peak_extra_MiB"], 0) < res["P_all_samples_MiB"] / 8),
+        "fwd extra mem << N m n": ok(max(res["fwd_peak_extra_MiB"], 0) < res["P_all_samples_MiB"] / 8),
+        "bwd extra mem <= chunk budget + O(N(n+h+m))": ok(
+            res["bwd_peak_extra_MiB"] <= int(os.environ.get("ETBK_CUDA_BWD_BUDGET_MB", "512")) + 64
+            + 64 * res["shape"][0] * sum(res["shape"][1:]) / 2**20),
     }
     if res.get("naive_ref_tf32_ms") is not None:
         v["faster than naive ref"] = ok(res["fused_fwd_high_ms"] < res["naive_ref_tf32_ms"]

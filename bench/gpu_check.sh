@@ -62,7 +62,9 @@ step() {
 # 1. build (no index: --no-index --no-deps; torch comes from the machine)
 step build 200 env MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 FORCE_CUDA=1 \
   $PY -m pip install --no-index --no-deps --no-build-isolation -v -e . \
-  || { echo "build failed: see $LOGDIR/build.log"; grep -n "error" "$LOGDIR/build.log" | head -n 30; }
+  || { echo "pip -e build failed (see $LOGDIR/build.log); trying setup.py build_ext --inplace";
+       grep -n "error" "$LOGDIR/build.log" | head -n 20;
+       step build_inplace 200 env MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 FORCE_CUDA=1 $PY setup.py build_ext --inplace; }
 $PY -c "import etbkernels; assert etbkernels.has_cuda_kernels(), 'no CUDA kernels registered'; print('has_cuda_kernels: True')" \
   | tee -a "$LOGDIR/build.log"
 
