@@ -31,12 +31,16 @@ def _extension():
     include_dirs = [os.path.join(HERE, "csrc")]
     if _want_cuda():
         cu_sources = rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu")) + glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cpp")))
+        # No -std flag here: torch's BuildExtension adds the standard its headers need (C++17 up to
+        # torch 2.13, C++20 from 2.14, whose ATen headers refuse C++17).
+        cxx_cu = [f for f in cxx if not f.startswith("-std=")]
+        nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
         return CUDAExtension(
             "etbkernels._C",
             sources + cu_sources,
             include_dirs=include_dirs,
             define_macros=define_macros + [("ETBK_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"]},
+            extra_compile_args={"cxx": cxx_cu, "nvcc": nvcc},
             py_limited_api=True,
         )
     return CppExtension(

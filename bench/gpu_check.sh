@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# One-shot GPU check of etbkernels' CUDA kernels, for a fresh GPU machine with no package index
+# (Python 3.12 with its own torch 2.11.0+cu130, nvcc 13.0, compute-sanitizer; see
+# ../shared/TOOLCHAIN.md). Run from the repository root:  bash bench/gpu_check.sh
+#
+# Steps (each time-limited; the whole script stays under ~8 minutes):
+#   1. build the extension in place (pip -e, no index, MAX_JOBS=16, TORCH_CUDA_ARCH_LIST=9.0)
+#   2. ptxas register / spill report of the kernels (nvcc -Xptxas -v on the torch-free .cu)
+#   3. the CUDA tests (tests/test_cuda_block.py, including the > 2^31-element case, then the CUDA
+#      cases of the rest of the suite)
+#   4. bench/bench_cuda.py at (256,784,1024,1024) and (256,3072,1024,1024)
+#   5. compute-sanitizer memcheck, racecheck, synccheck and initcheck on bench/sanitize_case.py
+# and prints a short table last. Logs and results go to bench/results/ (and to $OUT if set).
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RES="$ROOT/bench/results"
+LOGDIR="$RES/gpu_check_$STAMP"
+mkdir -p "$LOGDIR"
+PY=${PYTHON:-python3}
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+export PATH="$CUDA_HOME/bin:$PATH"
+SAN=$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-sanitizer")
+BUDGET=${GPU_CHECK_BUDGET_S:-470}   # seconds for all steps together
+T0=$(date +%s)
+SUMMARY=()
+
+# step NAME LIMIT_S CMD...: runs CMD with a timeout of min(LIMIT_S, time left), logs to $LOGDIR/NAME.log
+step() {
+  local name=$1 limit=$2; shift 2
+  local now left t1 rc
+  now=$(date +%s); left=$((BUDGET - (now - T0)))
+  if [ "$left" -lt 10 ]; then
+    SUMMARY+=("$(printf '%-12s %-8s %6s  %s' "$name" SKIPPED - "out of time budget")"); return 0
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "=== [$name] (limit ${limit}s): $*"
+  t1=$(date +%s)
+  if [ "${GPU_CHECK_DRY:-0}" = 1 ]; then  # control-flow check of this script: log the command only
+    echo "dry run: $*" > "$LOGDIR/$name.log"; rc=0
+  else
+    timeout --kill-after=5 "$limit" "$@" > "$LOGDIR/$name.log" 2>&1
+    rc=$?
+  fi
+  local dt=$(( $(date +%s) - t1 ))
+  local status=OK
+  [ $rc -ne 0 ] && status=FAIL
+  [ $rc -eq 124 ] || [ $rc -eq 137 ] && status=TIMEOUT
+  tail -n 25 "$LOGDIR/$name.log"
+  SUMMARY+=("$(printf '%-12s %-8s %5ss  %s' "$name" "$status" "$dt" "$(grep -E 'passed|failed|ERROR SUMMARY|sanitize_case:|error' "$LOGDIR/$name.log" | tail -n 1 | cut -c1-90)")")
+  return $rc
+}
+
+{
+  echo "host: $(hostname)  $(date -u)"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
+  $PY -c "import torch,sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+  nvcc --version | tail -n 2
+} 2>&1 | tee "$LOGDIR/env.log"
+
+# 1. build (no index: --no-index --no-deps; torch comes from the machine)
+step build 200 env MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 FORCE_CUDA=1 \
+  $PY -m pip install --no-index --no-deps --no-build-isolation -v -e . \
+  || { echo "pip -e build failed (see $LOGDIR/build.log); trying setup.py build_ext --inplace";
+       grep -n "error" "$LOGDIR/build.log" | head -n 20;
+       step build_inplace 200 env MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 FORCE_CUDA=1 $PY setup.py build_ext --inplace; }
+$PY -c "import etbkernels; assert etbkernels.has_cuda_kernels(), 'no CUDA kernels registered'; print('has_cuda_kernels: True')" \
+  | tee -a "$LOGDIR/build.log"
+
+# 2. registers / spills per kernel (the .cu is torch-free: ~15 s)
+step ptxas 40 $PY bench/ptxas_report.py --arch sm_90
+
+# 3. CUDA tests (the 2^31-element test too)
+step tests 150 env ETBK_TEST_HUGE=1 $PY -m pytest -q --maxfail=25 --durations=5 -p no:cacheprovider tests/test_cuda_block.py
+# 4. benchmarks (before the slower, optional steps so the table is never skipped for time)
+step bench 100 $PY bench/bench_cuda.py --reps 6
+
+
+# 5. sanitizers on a small case (no caching allocator: every allocation is its own cudaMalloc)
+export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+step memcheck 75 "$SAN" --tool memcheck --error-exitcode 3 --leak-check no $PY bench/sanitize_case.py
+step racecheck 60 "$SAN" --tool racecheck --racecheck-report hazard --error-exitcode 3 $PY bench/sanitize_case.py
+unset PYTORCH_NO_CUDA_MEMORY_CACHING
+# the rest of the suite parametrizes over etbkernels.testing.devices(): its CUDA cases
+step tests_rest 90 $PY -m pytest -q --maxfail=25 -p no:cacheprovider tests -k "cuda and not test_cuda_block"
+export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+step synccheck 45 "$SAN" --tool synccheck --error-exitcode 3 $PY bench/sanitize_case.py
+unset PYTORCH_NO_CUDA_MEMORY_CACHING
+
+# 6. (optional, last: may flag cuBLAS internals) initcheck
+export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+step initcheck 40 "$SAN" --tool initcheck --error-exitcode 3 $PY bench/sanitize_case.py
+unset PYTORCH_NO_CUDA_MEMORY_CACHING
+
+TOTAL=$(( $(date +%s) - T0 ))
+BENCH_MD=$(ls -t "$RES"/gpu_*.md 2>/dev/null | head -n 1)
+{
+  echo
+  echo "==================== etbkernels gpu_check ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1), ${TOTAL}s) ===================="
+  grep -E "regs" "$LOGDIR/ptxas.log" 2>/dev/null | head -n 12
+  echo
+  printf '%s\n' "${SUMMARY[@]}"
+  echo
+  if [ -n "$BENCH_MD" ] && [ "$BENCH_MD" -nt "$LOGDIR/env.log" ]; then cat "$BENCH_MD"; else echo "(no benchmark table this run)"; fi
+} | tee "$LOGDIR/summary.txt"
+
+if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
+  cp -r "$LOGDIR" "$OUT/" 2>/dev/null
+  [ -n "$BENCH_MD" ] && cp "$BENCH_MD" "${BENCH_MD%.md}.json" "$OUT/" 2>/dev/null
+fi
