@@ -24,23 +24,22 @@ def _want_cuda() -> bool:
 def _extension():
     rel = lambda paths: sorted(os.path.relpath(p, HERE) for p in paths)  # noqa: E731
     sources = rel(glob.glob(os.path.join(HERE, "csrc", "*.cpp")) + glob.glob(os.path.join(HERE, "csrc", "cpu", "*.cpp")))
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    # No -std flag: torch's BuildExtension adds the standard its headers need (C++17 up to torch
+    # 2.13, C++20 from 2.14, whose ATen headers refuse C++17).
+    cxx = ["-O3", "-fopenmp"]
     if os.environ.get("ETBK_DEBUG", "0") == "1":
-        cxx = ["-O0", "-g", "-std=c++17", "-fopenmp"]
+        cxx = ["-O0", "-g", "-fopenmp"]
     define_macros = [("Py_LIMITED_API", "0x03090000")]
     include_dirs = [os.path.join(HERE, "csrc")]
     if _want_cuda():
         cu_sources = rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu")) + glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cpp")))
-        # No -std flag here: torch's BuildExtension adds the standard its headers need (C++17 up to
-        # torch 2.13, C++20 from 2.14, whose ATen headers refuse C++17).
-        cxx_cu = [f for f in cxx if not f.startswith("-std=")]
         nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
         return CUDAExtension(
             "etbkernels._C",
             sources + cu_sources,
             include_dirs=include_dirs,
             define_macros=define_macros + [("ETBK_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_cu, "nvcc": nvcc},
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
             py_limited_api=True,
         )
     return CppExtension(

@@ -41,6 +41,11 @@ def measure_peak_extra_mib(setup: Callable[[], Callable[[], object]]) -> float:
     ``setup`` builds the inputs and returns the call. The peak (VmHWM) is reset after setup via
     /proc/self/clear_refs, so only the call's own allocations count."""
     fn = setup()
+    try:  # hand freed heap pages back to the OS so they cannot hide the call's own allocations
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     before = _rss_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -52,7 +57,10 @@ def peak_in_subprocess(module: str, args: list) -> float:
     """Runs ``python -m module --peak-json ...args`` in a fresh process and returns the MiB it reports."""
     import torch
 
-    env = os.environ | {"ETBK_POISON": "0", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    # A fixed mmap threshold: every allocation >= 64 KiB gets fresh pages (glibc would otherwise
+    # serve it from already-resident freed heap memory, and the peak would read too low).
+    env = os.environ | {"ETBK_POISON": "0", "OMP_NUM_THREADS": str(torch.get_num_threads()),
+                        "MALLOC_MMAP_THRESHOLD_": "65536"}
     out = subprocess.run([sys.executable, "-m", module, "--peak", *args], check=True, capture_output=True,
                          text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_extra_mib"]
