@@ -99,7 +99,7 @@ def blockwise_jacobian_ref(model, x, eps, center_at="linear", spec=None):
             return z
 
         for end in relu_idx + [len(mods)]:
-            J = torch.autograd.functional.jacobian(lambda t: prefix(t, end).flatten(), xb).reshape(-1, xb.numel())
+            J = torch.autograd.functional.jacobian(lambda t: prefix(t, end).flatten(), xb, vectorize=True).reshape(-1, xb.numel())
             center = prefix(xb, end, mode=center_at).flatten()
             if end == len(mods) and spec is not None:
                 C = spec[b] if spec.dim() == 3 else spec

@@ -34,7 +34,17 @@ def tiny_cnn():
     ).double().eval()
 
 
-CASES = [("mlp", tiny_mlp, (3, 12)), ("cnn", tiny_cnn, (3, 2, 7, 7))]
+def patch_cnn():
+    """Windows stay smaller than the 1x14x14 input through every conv: exercises the patches form
+    (padding, stride 2, dilation 2, groups 2, BatchNorm, AvgPool)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2), _bn_eval(nn.BatchNorm2d(6)), nn.ReLU(),
+        nn.AvgPool2d(2, stride=1), nn.Conv2d(6, 4, 2, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 3 * 3, 3),
+    ).double().eval()
+
+
+CASES = [("mlp", tiny_mlp, (3, 12)), ("cnn", tiny_cnn, (3, 2, 7, 7)), ("patch_cnn", patch_cnn, (2, 1, 14, 14))]
 
 
 @pytest.mark.parametrize("name,make,shape", CASES)
@@ -134,3 +144,15 @@ def test_etb_tighter_than_ibp_and_center_choices_share_radius():
 def test_top_level_export():
     assert etbkernels.bounds is bounds
     assert etbkernels.margin_spec is margin_spec
+
+
+def test_patches_form_equals_dense_directions(monkeypatch):
+    from etbkernels.network import etb
+    model = patch_cnn()
+    x = torch.rand(3, 1, 14, 14, dtype=torch.float64)
+    got, layers = bounds(model, x, 0.05, return_layers=True)
+    monkeypatch.setattr(etb, "_use_patches", lambda net: False)
+    ref, layers_ref = bounds(model, x, 0.05, return_layers=True)
+    torch.testing.assert_close(got.radius, ref.radius)
+    for a, b in zip(layers, layers_ref):
+        torch.testing.assert_close(a.radius, b.radius)

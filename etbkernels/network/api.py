@@ -9,7 +9,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..block import etb_block
 from ..bounds_type import Bounds
-from .etb import etb_backward, etb_forward, first_stage_directions
+from .etb import etb_backward, etb_forward, first_stage_directions, forward_numel_per_sample
 from .ibp import ibp_stages
 from .layers import LinearOp
 from .parse import Network, parse_model
@@ -151,9 +151,8 @@ def _etb(net: Network, mu, r, mask, center_at, spec, return_layers, chunk_size) 
         c, rad = _chunked(run, N, chunk, mu, r, spec3, *masks)
         return [Bounds.from_center_radius(c, rad)]
 
-    n = _numel(net.in_shape)
     first = first_stage_directions(net, mu.dtype, mu.device)
-    chunk = chunk_size or max(1, DEFAULT_CHUNK_BYTES // (3 * n * widest * elem))
+    chunk = chunk_size or max(1, DEFAULT_CHUNK_BYTES // (3 * forward_numel_per_sample(net) * elem))
     L = len(net.stages)
 
     def run(mu_c, r_c, spec_c, *masks_c):

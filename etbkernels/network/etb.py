@@ -19,7 +19,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .layers import LinearOp
+from . import patches
+from .layers import AvgPoolOp, ConvOp, FlattenOp, LinearOp
 from .parse import Network
 
 CR = Tuple[Tensor, Tensor]  # (center, radius)
@@ -32,8 +33,18 @@ def _apply_directions(op, D: Tensor, fn: str) -> Tensor:
     return out.reshape((N, n) + tuple(op.out_shape))
 
 
-def first_stage_directions(net: Network, dtype, device) -> Tensor:
-    """``A_1`` applied to the identity: (n, *shape of stage 1), shared by all samples."""
+def _use_patches(net: Network) -> bool:
+    return len(net.in_shape) == 3 and all(patches.supports(op) for op in net.stages[0])
+
+
+def first_stage_directions(net: Network, dtype, device):
+    """``A_1`` applied to the identity, shared by all samples: patches for a conv first stage
+    (see :mod:`.patches`), else dense directions (n, *shape of stage 1)."""
+    if _use_patches(net):
+        p = patches.identity(net.in_shape, dtype, device)
+        for op in net.stages[0]:
+            p = patches.apply(p, op)
+        return p
     n = 1
     for s in net.in_shape:
         n *= s
@@ -43,13 +54,54 @@ def first_stage_directions(net: Network, dtype, device) -> Tensor:
     return D
 
 
+def forward_numel_per_sample(net: Network) -> int:
+    """Numel of the largest Jacobian tensor :func:`etb_forward` holds per sample (for chunking)."""
+    n = 1
+    for d in net.in_shape:
+        n *= d
+    patch = _use_patches(net)
+    rh = rw = 1
+    sh = sw = 1
+    c0 = net.in_shape[0]
+    peak = n
+    for k, stage in enumerate(net.stages):
+        for i, op in enumerate(stage):
+            out = 1
+            for d in op.out_shape:
+                out *= d
+            if patch and isinstance(op, FlattenOp) and i + 1 < len(stage) and isinstance(stage[i + 1], LinearOp):
+                out = stage[i + 1].out_shape[0]  # fused Flatten + Linear (flatten_linear_directions)
+                patch = False
+            if patch and patches.supports(op):
+                conv = op._conv if isinstance(op, AvgPoolOp) else op
+                if isinstance(conv, ConvOp):
+                    kh, kw = conv.weight.shape[2:]
+                    rh2, rw2 = rh + (kh - 1) * conv.dilation[0] * sh, rw + (kw - 1) * conv.dilation[1] * sw
+                    if c0 * rh2 * rw2 < n or k == 0:
+                        rh, rw, sh, sw = rh2, rw2, sh * conv.stride[0], sw * conv.stride[1]
+                        peak = max(peak, out * c0 * rh * rw)
+                        continue
+                else:
+                    peak = max(peak, out * c0 * rh * rw)
+                    continue
+            if patch:  # conversion to dense directions: the canvas is a little larger than n
+                peak = max(peak, 2 * n * max(out, 1))
+                patch = False
+            peak = max(peak, n * out)
+    return peak
+
+
 def _next_activation(z: Tensor, s: Tensor, center_at: str) -> Tensor:
     return s * z if center_at == "linear" else torch.relu(z)
 
 
-def etb_forward(net: Network, mu: Tensor, r: Tensor, first: Tensor, center_at: str,
+def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
                 masks: Optional[Sequence[Tensor]] = None, spec: Optional[Tensor] = None) -> List[CR]:
     """ETB bounds of every stage output for a chunk of samples, forming ``J_k`` forward.
+
+    Convolutional layers keep ``J_k`` in patches form (:mod:`.patches`) while the windows are
+    smaller than the input; from the first Flatten/Linear on (or once windows cover the input)
+    ``J_k diag(r)`` is dense, (N, n, *layer shape).
 
     Args:
         mu, r: (N, *in_shape) box centre and radius (r >= 0).
@@ -63,22 +115,43 @@ def etb_forward(net: Network, mu: Tensor, r: Tensor, first: Tensor, center_at: s
         [(center_k, radius_k)] for k = 1..L (the last one is the output or ``spec @ output``).
     """
     N = mu.shape[0]
-    n = first.shape[0]
-    # D[b, k] = r_b[k] * J_1 e_k: the columns of J_1 diag(r_b)
-    D = first.unsqueeze(0) * r.reshape((N, n) + (1,) * (first.dim() - 1))
+    n = r[0].numel()
+    if isinstance(first, tuple):
+        P, D = first, None
+    else:  # D[b, k] = r_b[k] * J_1 e_k: the columns of J_1 diag(r_b)
+        P, D = None, first.unsqueeze(0) * r.reshape((N, n) + (1,) * (first.dim() - 1))
     z = mu
     for op in net.stages[0]:
         z = op.forward(z)
     out: List[CR] = []
     for k in range(1, len(net.stages)):
-        radius = torch.linalg.vector_norm(D, ord=1, dim=1)
+        radius = patches.radius(P, r) if P is not None else torch.linalg.vector_norm(D, ord=1, dim=1)
         out.append((z, radius))
         s = (z + radius > 0).to(z.dtype).detach() if masks is None else masks[k - 1]
-        D = D * s.unsqueeze(1)
+        if P is not None:
+            P = patches.mask(P, s)
+        else:
+            D = D * s.unsqueeze(1)
         z = _next_activation(z, s, center_at)
-        for op in net.stages[k]:
-            D = _apply_directions(op, D, "linear")
+        ops = net.stages[k]
+        i = 0
+        while i < len(ops):
+            op = ops[i]
+            if P is not None and isinstance(op, FlattenOp) and i + 1 < len(ops) and isinstance(ops[i + 1], LinearOp):
+                P, D = None, patches.flatten_linear_directions(P, ops[i + 1].weight, r)
+                z = ops[i + 1].forward(op.forward(z))
+                i += 2
+                continue
+            if P is not None and not (patches.supports(op) and patches.grown_size(P, op) < n):
+                P, D = None, patches.to_directions(P, r)
+            if P is not None:
+                P = patches.apply(P, op)
+            else:
+                D = _apply_directions(op, D, "linear")
             z = op.forward(z)
+            i += 1
+    if P is not None:
+        D = patches.to_directions(P, r)
     if spec is not None:
         D, z = D.flatten(2), z.flatten(1)
         if spec.dim() == 2:
