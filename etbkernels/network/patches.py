@@ -96,10 +96,15 @@ def _unfold_radius(patch: Patch, r: Tensor) -> Tensor:
 def radius(patch: Patch, r: Tensor) -> Tensor:
     """``|J_k| r`` per neuron, in layer layout (N, C, H, W); r is (N, C0, H0, W0)."""
     P = patch[0]
-    ru = _unfold_radius(patch, r)
-    if P.shape[0] != r.shape[0]:
-        P = P.expand((r.shape[0],) + P.shape[1:])
-    return torch.einsum("bhwxuvc,bxuvhw->bchw", P.abs(), ru)
+    N = r.shape[0]
+    _, H, W, C0, Rh, Rw, C = P.shape
+    ru = _unfold_radius(patch, r).permute(0, 4, 5, 1, 2, 3).reshape(N * H * W, 1, C0 * Rh * Rw)
+    A = P.abs()
+    if A.shape[0] != N:
+        A = A.expand((N,) + A.shape[1:])
+    # one (1 x C0 R^2) @ (C0 R^2 x C) product per neuron position, reading P in its own layout
+    rad = torch.matmul(ru, A.reshape(N * H * W, C0 * Rh * Rw, C))
+    return rad.reshape(N, H, W, C).permute(0, 3, 1, 2)
 
 
 def mask(patch: Patch, s: Tensor) -> Patch:
@@ -129,19 +134,22 @@ def to_directions(patch: Patch, r: Tensor) -> Tensor:
 def flatten_linear_directions(patch: Patch, weight: Tensor, r: Tensor) -> Tensor:
     """Dense ``W J_k diag(r)`` for ``Linear(Flatten(.))`` straight from patches: (N, n, out).
 
-    Each position's (C0, R, R, C) window is multiplied by the Linear columns of that position
-    and added into the input canvas: out * C * C0 R^2 per position instead of out * C * n.
+    One batched matmul over positions contracts each position's (C0, R, R, C) window with the
+    Linear columns of that position (out * C * C0 R^2 per position instead of out * C * n),
+    and ``F.fold`` adds the windows into the input canvas.
     """
     P, S, pad = patch
     N = r.shape[0]
+    if P.shape[0] != N:
+        P = P.expand((N,) + P.shape[1:])
     _, H, W, C0, Rh, Rw, C = P.shape
     out_f = weight.shape[0]
-    w4 = weight.reshape(out_f, C, H, W)
     H0, W0 = r.shape[2:]
-    Yc, Xc = max((H - 1) * S[0] + Rh, pad[0] + H0), max((W - 1) * S[1] + Rw, pad[1] + W0)
-    canvas = P.new_zeros(N, C0, Yc, Xc, out_f)
-    for h in range(H):
-        for w in range(W):
-            canvas[:, :, h * S[0]: h * S[0] + Rh, w * S[1]: w * S[1] + Rw] += P[:, h, w] @ w4[:, :, h, w].T
-    J = canvas[:, :, pad[0]: pad[0] + H0, pad[1]: pad[1] + W0]  # (N, C0, H0, W0, out)
+    w = weight.reshape(out_f, C, H * W).permute(2, 1, 0).contiguous()  # (HW, C, out)
+    Y = torch.bmm(P.permute(1, 2, 0, 3, 4, 5, 6).reshape(H * W, N * C0 * Rh * Rw, C), w)
+    Y = Y.reshape(H * W, N, C0, Rh, Rw, out_f).permute(1, 2, 5, 3, 4, 0).reshape(N, C0 * out_f * Rh * Rw, H * W)
+    Yc, Xc = (H - 1) * S[0] + Rh, (W - 1) * S[1] + Rw
+    canvas = F.fold(Y, (Yc, Xc), (Rh, Rw), stride=S)  # (N, C0 * out, Yc, Xc)
+    J = F.pad(canvas, (-pad[1], pad[1] + W0 - Xc, -pad[0], pad[0] + H0 - Yc))  # crop/extend to the input
+    J = J.reshape(N, C0, out_f, H0, W0).permute(0, 1, 3, 4, 2)  # (N, C0, H0, W0, out)
     return (J * r[..., None]).reshape(N, C0 * H0 * W0, out_f)
