@@ -152,7 +152,10 @@ def _etb(net: Network, mu, r, mask, center_at, spec, return_layers, chunk_size) 
         return [Bounds.from_center_radius(c, rad)]
 
     first = first_stage_directions(net, mu.dtype, mu.device)
-    chunk = chunk_size or max(1, DEFAULT_CHUNK_BYTES // (3 * forward_numel_per_sample(net) * elem))
+    grad = torch.is_grad_enabled() and (mu.requires_grad or r.requires_grad or any(
+        p.requires_grad for st in net.stages for op in st for p in vars(op).values() if isinstance(p, Tensor)))
+    # with gradients, a chunk's whole graph (every layer's tensors) is alive in backward
+    chunk = chunk_size or max(1, DEFAULT_CHUNK_BYTES // (3 * forward_numel_per_sample(net, total=grad) * elem))
     L = len(net.stages)
 
     def run(mu_c, r_c, spec_c, *masks_c):

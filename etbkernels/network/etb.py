@@ -54,8 +54,11 @@ def first_stage_directions(net: Network, dtype, device):
     return D
 
 
-def forward_numel_per_sample(net: Network) -> int:
-    """Numel of the largest Jacobian tensor :func:`etb_forward` holds per sample (for chunking)."""
+def forward_numel_per_sample(net: Network, total: bool = False) -> int:
+    """Numel of the largest Jacobian tensor :func:`etb_forward` holds per sample (for chunking).
+
+    With ``total=True``: the sum over layers instead, what autograd keeps alive for backward.
+    """
     n = 1
     for d in net.in_shape:
         n *= d
@@ -64,13 +67,21 @@ def forward_numel_per_sample(net: Network) -> int:
     sh = sw = 1
     c0 = net.in_shape[0]
     peak = n
+    sizes = [n]
+
+    def _acc(cur, *vals):
+        sizes.append(max(vals))
+        return max(cur, *vals)
+
     for k, stage in enumerate(net.stages):
         for i, op in enumerate(stage):
             out = 1
             for d in op.out_shape:
                 out *= d
             if patch and isinstance(op, FlattenOp) and i + 1 < len(stage) and isinstance(stage[i + 1], LinearOp):
-                out = stage[i + 1].out_shape[0]  # fused Flatten + Linear (flatten_linear_directions)
+                # fused Flatten + Linear (flatten_linear_directions): (H W, C0 R^2, out) products
+                out = stage[i + 1].out_shape[0]
+                peak = _acc(peak, op.in_shape[1] * op.in_shape[2] * c0 * rh * rw * out)
                 patch = False
             if patch and patches.supports(op):
                 conv = op._conv if isinstance(op, AvgPoolOp) else op
@@ -79,16 +90,16 @@ def forward_numel_per_sample(net: Network) -> int:
                     rh2, rw2 = rh + (kh - 1) * conv.dilation[0] * sh, rw + (kw - 1) * conv.dilation[1] * sw
                     if c0 * rh2 * rw2 < n or k == 0:
                         rh, rw, sh, sw = rh2, rw2, sh * conv.stride[0], sw * conv.stride[1]
-                        peak = max(peak, out * c0 * rh * rw)
+                        peak = _acc(peak, out * c0 * rh * rw)
                         continue
                 else:
-                    peak = max(peak, out * c0 * rh * rw)
+                    peak = _acc(peak, out * c0 * rh * rw)
                     continue
             if patch:  # conversion to dense directions: the canvas is a little larger than n
-                peak = max(peak, 2 * n * max(out, 1))
+                peak = _acc(peak, 2 * n * max(out, 1))
                 patch = False
-            peak = max(peak, n * out)
-    return peak
+            peak = _acc(peak, n * out)
+    return sum(sizes) if total else peak
 
 
 def _next_activation(z: Tensor, s: Tensor, center_at: str) -> Tensor:
