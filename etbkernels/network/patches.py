@@ -135,8 +135,9 @@ def flatten_linear_directions(patch: Patch, weight: Tensor, r: Tensor) -> Tensor
     """Dense ``W J_k diag(r)`` for ``Linear(Flatten(.))`` straight from patches: (N, n, out).
 
     One batched matmul over positions contracts each position's (C0, R, R, C) window with the
-    Linear columns of that position (out * C * C0 R^2 per position instead of out * C * n),
-    and ``F.fold`` adds the windows into the input canvas.
+    Linear columns of that position (out * C * C0 R^2 per position instead of out * C * n);
+    the windows are then added into the input canvas (output features innermost, so each add
+    moves contiguous rows).
     """
     P, S, pad = patch
     N = r.shape[0]
@@ -147,9 +148,11 @@ def flatten_linear_directions(patch: Patch, weight: Tensor, r: Tensor) -> Tensor
     H0, W0 = r.shape[2:]
     w = weight.reshape(out_f, C, H * W).permute(2, 1, 0).contiguous()  # (HW, C, out)
     Y = torch.bmm(P.permute(1, 2, 0, 3, 4, 5, 6).reshape(H * W, N * C0 * Rh * Rw, C), w)
-    Y = Y.reshape(H * W, N, C0, Rh, Rw, out_f).permute(1, 2, 5, 3, 4, 0).reshape(N, C0 * out_f * Rh * Rw, H * W)
-    Yc, Xc = (H - 1) * S[0] + Rh, (W - 1) * S[1] + Rw
-    canvas = F.fold(Y, (Yc, Xc), (Rh, Rw), stride=S)  # (N, C0 * out, Yc, Xc)
-    J = F.pad(canvas, (-pad[1], pad[1] + W0 - Xc, -pad[0], pad[0] + H0 - Yc))  # crop/extend to the input
-    J = J.reshape(N, C0, out_f, H0, W0).permute(0, 1, 3, 4, 2)  # (N, C0, H0, W0, out)
+    Y = Y.reshape(H, W, N, C0, Rh, Rw, out_f)
+    Yc, Xc = max((H - 1) * S[0] + Rh, pad[0] + H0), max((W - 1) * S[1] + Rw, pad[1] + W0)
+    canvas = P.new_zeros(N, C0, Yc, Xc, out_f)
+    for h in range(H):
+        for w_ in range(W):
+            canvas[:, :, h * S[0]: h * S[0] + Rh, w_ * S[1]: w_ * S[1] + Rw] += Y[h, w_]
+    J = canvas[:, :, pad[0]: pad[0] + H0, pad[1]: pad[1] + W0]  # (N, C0, H0, W0, out)
     return (J * r[..., None]).reshape(N, C0 * H0 * W0, out_f)
