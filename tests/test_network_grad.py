@@ -45,3 +45,34 @@ def test_chunked_checkpointed_grads_match():
         grads.append([xx.grad] + [p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("stride,padding,dilation,groups", [(1, 1, 1, 1), (2, 0, 1, 1), (1, 2, 2, 2)])
+def test_patch_ops_gradcheck(stride, padding, dilation, groups):
+    """The hand-written backward of the patches conv, and the other patch ops, against finite differences."""
+    from etbkernels.network import patches
+    from etbkernels.network.layers import ConvOp
+
+    torch.manual_seed(7)
+    w0 = torch.randn(4, 1, 2, 2, dtype=torch.float64, requires_grad=True)  # gradient flows into P too
+    w = torch.randn(4, 4 // groups, 2, 2, dtype=torch.float64, requires_grad=True)
+    r = torch.rand(2, 1, 7, 7, dtype=torch.float64)
+    s = (torch.rand(2, 4, 6, 6) > 0.3).double()
+    proj = torch.randn(3, 20000, dtype=torch.float64)
+    out_hw = ConvOp(w.detach(), None, (stride, stride), (padding, padding), (dilation, dilation), groups,
+                    (4, 6, 6)).out_shape
+    lin_w = torch.randn(3, out_hw[0] * out_hw[1] * out_hw[2], dtype=torch.float64)
+
+    def f(w0, w):
+        conv0 = ConvOp(w0, None, (1, 1), (0, 0), (1, 1), 1, (1, 7, 7))
+        P = patches.apply(patches.identity((1, 7, 7), torch.float64, "cpu"), conv0)
+        P = patches.mask(P, s)
+        op = ConvOp(w, None, (stride, stride), (padding, padding), (dilation, dilation), groups, (4, 6, 6))
+        P = patches.apply(P, op)
+        dense = patches.to_directions(P, r)
+        lin = patches.flatten_linear_directions(P, lin_w, r)
+        rad = patches.radius(P, r)
+        # random projections keep the analytical Jacobian to a few backward passes
+        return tuple((t * proj[k][: t[0].numel()].reshape(t.shape[1:])).sum() for k, t in enumerate((rad, dense, lin)))
+
+    assert torch.autograd.gradcheck(f, (w0, w), eps=1e-6, atol=1e-7)

@@ -69,9 +69,12 @@ class ConvOp(AffineOp):
         self.weight, self.bias = weight, bias
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.in_shape = in_shape
-        out = F.conv2d(torch.zeros((1,) + tuple(in_shape), dtype=weight.dtype, device=weight.device,
-                                   requires_grad=False), weight.detach(), None, stride, padding, dilation, groups)
-        self.out_shape = tuple(out.shape[1:])
+        size = [(in_shape[1 + d] + 2 * padding[d] - dilation[d] * (weight.shape[2 + d] - 1) - 1) // stride[d] + 1
+                for d in range(2)]
+        if min(size) < 1:
+            raise ValueError(f"Conv2d: input of per-sample shape {tuple(in_shape)} is smaller than the kernel "
+                             f"{tuple(weight.shape[2:])} (padding {padding}, dilation {dilation})")
+        self.out_shape = (weight.shape[0], size[0], size[1])
         # conv_transpose2d needs output_padding to reproduce the input size exactly
         self.output_padding = tuple(
             in_shape[1 + d] - ((self.out_shape[1 + d] - 1) * stride[d] - 2 * padding[d]

@@ -58,28 +58,83 @@ def apply(patch: Patch, op) -> Patch:
     if isinstance(op, ChannelAffineOp):
         return P * op.scale.flatten(), S, pad
     conv = op._conv if isinstance(op, AvgPoolOp) else op
-    W = conv.weight  # (C', C/g, kh, kw)
-    Co, Cg, kh, kw = W.shape
-    g = conv.groups
-    (s0, s1), (p0, p1), (d0, d1) = conv.stride, conv.padding, conv.dilation
-    B, H, Wd, C0, Rh, Rw, C = P.shape
-    Hn, Wn = conv.out_shape[1:]
-    if p0 or p1:  # zero padding of the layer's input = neurons that do not exist
-        P = F.pad(P, (0, 0, 0, 0, 0, 0, 0, 0, p1, p1, p0, p0))
-    Rh2, Rw2 = Rh + (kh - 1) * d0 * S[0], Rw + (kw - 1) * d1 * S[1]
-    out = P.new_zeros(B, Hn, Wn, C0, Rh2, Rw2, Co)
+    out = _PatchConv.apply(P, conv.weight, S, conv.stride, conv.padding, conv.dilation, conv.groups,
+                           tuple(conv.out_shape[1:]))
+    (s0, s1), (p0, p1) = conv.stride, conv.padding
+    return out, (S[0] * s0, S[1] * s1), (pad[0] + p0 * S[0], pad[1] + p1 * S[1])
+
+
+def _taps(W, S, stride, dilation, out_hw):
+    """(a, e, input slices of the padded patches, window slices of the output patches) per tap."""
+    kh, kw = W.shape[2:]
+    (s0, s1), (d0, d1), (Hn, Wn) = stride, dilation, out_hw
     for a in range(kh):
         for e in range(kw):
-            sl = P[:, a * d0: a * d0 + s0 * (Hn - 1) + 1: s0, e * d1: e * d1 + s1 * (Wn - 1) + 1: s1]
-            w = W[:, :, a, e]
-            if g == 1:
-                contrib = sl @ w.T
-            else:
-                contrib = torch.einsum("...gc,goc->...go", sl.unflatten(-1, (g, Cg)),
-                                       w.reshape(g, Co // g, Cg)).flatten(-2)
-            u0, v0 = a * d0 * S[0], e * d1 * S[1]
-            out[:, :, :, :, u0:u0 + Rh, v0:v0 + Rw] += contrib
-    return out, (S[0] * s0, S[1] * s1), (pad[0] + p0 * S[0], pad[1] + p1 * S[1])
+            rows = slice(a * d0, a * d0 + s0 * (Hn - 1) + 1, s0)
+            cols = slice(e * d1, e * d1 + s1 * (Wn - 1) + 1, s1)
+            yield a, e, rows, cols, a * d0 * S[0], e * d1 * S[1]
+
+
+def _tap_matmul(x, w, groups, transpose=False):
+    """x (..., C_in) @ w[:, :, a, e]^T per group; ``transpose``: x (..., C_out) @ w (grad wrt input)."""
+    Co, Cg = w.shape
+    if groups == 1:
+        return x @ (w if transpose else w.T)
+    wg = w.reshape(groups, Co // groups, Cg)
+    if transpose:
+        return torch.einsum("...go,goc->...gc", x.unflatten(-1, (groups, Co // groups)), wg).flatten(-2)
+    return torch.einsum("...gc,goc->...go", x.unflatten(-1, (groups, Cg)), wg).flatten(-2)
+
+
+class _PatchConv(torch.autograd.Function):
+    """Conv2d on patches with a hand-written backward: autograd of the per-tap strided slices
+    would allocate a full-size zero gradient per tap; this accumulates into one buffer."""
+
+    @staticmethod
+    def forward(ctx, P, W, S, stride, padding, dilation, groups, out_hw):
+        p0, p1 = padding
+        Pp = F.pad(P, (0, 0, 0, 0, 0, 0, 0, 0, p1, p1, p0, p0)) if (p0 or p1) else P
+        B, _, _, C0, Rh, Rw, _ = P.shape
+        Co = W.shape[0]
+        kh, kw = W.shape[2:]
+        Rh2, Rw2 = Rh + (kh - 1) * dilation[0] * S[0], Rw + (kw - 1) * dilation[1] * S[1]
+        out = P.new_zeros(B, out_hw[0], out_hw[1], C0, Rh2, Rw2, Co)
+        for a, e, rows, cols, u0, v0 in _taps(W, S, stride, dilation, out_hw):
+            out[:, :, :, :, u0:u0 + Rh, v0:v0 + Rw] += _tap_matmul(Pp[:, rows, cols], W[:, :, a, e], groups)
+        ctx.save_for_backward(P, W)
+        ctx.meta = (S, stride, padding, dilation, groups, out_hw)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        P, W = ctx.saved_tensors
+        S, stride, (p0, p1), dilation, groups, out_hw = ctx.meta
+        B, H, Wd, C0, Rh, Rw, C = P.shape
+        need_p, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        Pp = F.pad(P, (0, 0, 0, 0, 0, 0, 0, 0, p1, p1, p0, p0)) if (p0 or p1) else P
+        gPp = torch.zeros_like(Pp) if need_p else None
+        gW = torch.zeros_like(W) if need_w else None
+        Co, Cg = W.shape[:2]
+        for a, e, rows, cols, u0, v0 in _taps(W, S, stride, dilation, out_hw):
+            g = grad_out[:, :, :, :, u0:u0 + Rh, v0:v0 + Rw]
+            if need_p:
+                gPp[:, rows, cols] += _tap_matmul(g, W[:, :, a, e], groups, transpose=True)
+            if need_w:
+                x = Pp[:, rows, cols]
+                if x.shape[0] != g.shape[0]:
+                    x = x.expand((g.shape[0],) + x.shape[1:])
+                if groups == 1:
+                    gW[:, :, a, e] += g.reshape(-1, Co).T @ x.reshape(-1, C)
+                else:
+                    gW[:, :, a, e] += torch.einsum("mgo,mgc->goc", g.reshape(-1, groups, Co // groups),
+                                                   x.reshape(-1, groups, Cg)).reshape(Co, Cg)
+        gP = None
+        if need_p:
+            gP = gPp[:, p0:p0 + H, p1:p1 + Wd] if (p0 or p1) else gPp
+            if gP.shape[0] != P.shape[0]:
+                gP = gP.sum(0, keepdim=True)
+        return gP, gW, None, None, None, None, None, None
 
 
 def _unfold_radius(patch: Patch, r: Tensor) -> Tensor:
@@ -122,11 +177,11 @@ def to_directions(patch: Patch, r: Tensor) -> Tensor:
     _, H, W, C0, Rh, Rw, C = P.shape
     H0, W0 = r.shape[2:]
     Yc, Xc = max((H - 1) * S[0] + Rh, pad[0] + H0), max((W - 1) * S[1] + Rw, pad[1] + W0)
-    canvas = P.new_zeros(N, C0, Yc, Xc, H, W, C)
-    for h in range(H):
-        for w in range(W):
-            canvas[:, :, h * S[0]: h * S[0] + Rh, w * S[1]: w * S[1] + Rw, h, w] = P[:, h, w]
-    J = canvas[:, :, pad[0]: pad[0] + H0, pad[1]: pad[1] + W0]  # (N, C0, H0, W0, H, W, C)
+    h, w, u, v = torch.meshgrid(*(torch.arange(k, device=P.device) for k in (H, W, Rh, Rw)), indexing="ij")
+    index = (((h * S[0] + u) * Xc + (w * S[1] + v)) * H + h) * W + w  # canvas (y, x, h, w) per (h, w, u, v)
+    src = P.permute(0, 3, 1, 2, 4, 5, 6).reshape(N, C0, H * W * Rh * Rw, C)
+    canvas = P.new_zeros(N, C0, Yc * Xc * H * W, C).index_copy(2, index.flatten(), src)
+    J = canvas.reshape(N, C0, Yc, Xc, H, W, C)[:, :, pad[0]: pad[0] + H0, pad[1]: pad[1] + W0]
     D = J * r[:, :, :, :, None, None, None]
     return D.reshape(N, C0 * H0 * W0, H, W, C).permute(0, 1, 4, 2, 3)
 
@@ -136,8 +191,8 @@ def flatten_linear_directions(patch: Patch, weight: Tensor, r: Tensor) -> Tensor
 
     One batched matmul over positions contracts each position's (C0, R, R, C) window with the
     Linear columns of that position (out * C * C0 R^2 per position instead of out * C * n);
-    the windows are then added into the input canvas (output features innermost, so each add
-    moves contiguous rows).
+    the windows are then added into the input canvas with one ``index_add`` (output features
+    innermost, so it moves contiguous rows; its backward is one ``index_select``).
     """
     P, S, pad = patch
     N = r.shape[0]
@@ -148,11 +203,10 @@ def flatten_linear_directions(patch: Patch, weight: Tensor, r: Tensor) -> Tensor
     H0, W0 = r.shape[2:]
     w = weight.reshape(out_f, C, H * W).permute(2, 1, 0).contiguous()  # (HW, C, out)
     Y = torch.bmm(P.permute(1, 2, 0, 3, 4, 5, 6).reshape(H * W, N * C0 * Rh * Rw, C), w)
-    Y = Y.reshape(H, W, N, C0, Rh, Rw, out_f)
+    Y = Y.reshape(H * W, N * C0, Rh * Rw, out_f).transpose(0, 1).reshape(N * C0, H * W * Rh * Rw, out_f)
     Yc, Xc = max((H - 1) * S[0] + Rh, pad[0] + H0), max((W - 1) * S[1] + Rw, pad[1] + W0)
-    canvas = P.new_zeros(N, C0, Yc, Xc, out_f)
-    for h in range(H):
-        for w_ in range(W):
-            canvas[:, :, h * S[0]: h * S[0] + Rh, w_ * S[1]: w_ * S[1] + Rw] += Y[h, w_]
-    J = canvas[:, :, pad[0]: pad[0] + H0, pad[1]: pad[1] + W0]  # (N, C0, H0, W0, out)
+    h, w_, u, v = torch.meshgrid(*(torch.arange(k, device=P.device) for k in (H, W, Rh, Rw)), indexing="ij")
+    index = ((h * S[0] + u) * Xc + (w_ * S[1] + v)).flatten()  # canvas position of each window entry
+    canvas = P.new_zeros(N * C0, Yc * Xc, out_f).index_add(1, index, Y)  # backward: one index_select
+    J = canvas.reshape(N, C0, Yc, Xc, out_f)[:, :, pad[0]: pad[0] + H0, pad[1]: pad[1] + W0]
     return (J * r[..., None]).reshape(N, C0 * H0 * W0, out_f)
