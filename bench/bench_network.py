@@ -1,0 +1,162 @@
+"""Speed of whole-network logit bounds on CPU: ETB vs IBP vs the per-logit autograd algorithm.
+
+For the small and medium CNN of the IBP paper on MNIST-shaped input (batch 256 by default,
+float32, random weights, eps 0.1, no gradients) this times, in one run:
+
+- ``ibp``:            etbkernels.bounds(method="ibp")
+- ``etb_mask_ibp``:   etbkernels.bounds(mask="ibp"): IBP masks, K logit rows formed backward
+                      (the same bounds as the authors' release algorithm)
+- ``per_logit``:      the authors' release algorithm written plainly: IBP masks, a masked forward
+                      pass, then one torch.autograd.grad pass per logit (K passes)
+- ``etb_mask_etb``:   etbkernels.bounds(mask="etb"): every layer's ETB bound (blockwise masks)
+- ``*_fwd_bwd``:      the same plus a backward pass of a loss on the bounds (training cost)
+
+auto_LiRPA is an optional comparison: it is timed when ``import auto_LiRPA`` works, and
+reported as unavailable otherwise. Timings are medians of --repeats runs (one run when a call
+takes longer than 20 s). Writes bench/results/bench_network.{json,md}.
+
+    python bench/bench_network.py                 # small + medium CNN, batch 256
+    python bench/bench_network.py --batch 64 --models small
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+import etbkernels
+from etbkernels.network import models
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EPS = 0.1
+
+
+def per_logit_autograd(model: nn.Sequential, x: torch.Tensor, eps: float) -> etbkernels.Bounds:
+    """The authors' release algorithm: IBP masks, then one autograd pass per logit."""
+    _, layers = etbkernels.bounds(model, x, eps, method="ibp", return_layers=True)
+    masks = [(b.upper > 0).to(x.dtype) for b in layers]
+    with torch.enable_grad():
+        xx = x.detach().clone().requires_grad_(True)
+        z, i = xx, 0
+        for m in model:
+            if isinstance(m, nn.ReLU):
+                z = masks[i] * z
+                i += 1
+            else:
+                z = m(z)
+        radius = []
+        for j in range(z.shape[1]):
+            (g,) = torch.autograd.grad(z[:, j].sum(), xx, retain_graph=j + 1 < z.shape[1])
+            radius.append(g.abs().flatten(1).sum(1) * eps)
+    center = model(x)
+    return etbkernels.Bounds.from_center_radius(center, torch.stack(radius, 1))
+
+
+def _time(fn, repeats: int) -> float:
+    t = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t
+    if first > 20 or repeats <= 1:
+        return first
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def _fwd_bwd(model, x, **kw):
+    model.zero_grad()
+    b = etbkernels.bounds(model, x, EPS, **kw)
+    (b.upper - b.lower).sum().backward()
+
+
+def lirpa_fns(model, x):
+    try:
+        from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
+    except Exception as e:  # optional dependency
+        return {}, f"auto_LiRPA unavailable ({type(e).__name__}: {e})"
+    bm = BoundedModule(model, torch.zeros_like(x[:1]))
+    bt = BoundedTensor(x, PerturbationLpNorm(norm=float("inf"), eps=EPS))
+    return {"lirpa_ibp": lambda: bm.compute_bounds(x=(bt,), method="IBP"),
+            "lirpa_crown": lambda: bm.compute_bounds(x=(bt,), method="CROWN")}, "auto_LiRPA available"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["small", "medium"], choices=["small", "medium", "large"])
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-etb-mask-etb", action="store_true", help="skip the slow all-layer ETB timing")
+    ap.add_argument("--skip-backward", action="store_true")
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "bench_network"))
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    rows, notes = [], []
+    for name in args.models:
+        model = {"small": models.small_cnn, "medium": models.medium_cnn, "large": models.large_cnn}[name]().eval()
+        x = torch.rand(args.batch, 1, 28, 28)
+        # same numbers: the fast path and the per-logit algorithm agree
+        with torch.no_grad():
+            a = etbkernels.bounds(model, x[:8], EPS, mask="ibp")
+        b = per_logit_autograd(model, x[:8], EPS)
+        err = (a.radius - b.radius).abs().max().item() / b.radius.abs().max().item()
+        notes.append(f"{name}: max relative difference ETB(mask=ibp) vs per-logit autograd radius: {err:.2e}")
+        fns = {
+            "ibp": lambda: etbkernels.bounds(model, x, EPS, method="ibp"),
+            "etb_mask_ibp": lambda: etbkernels.bounds(model, x, EPS, mask="ibp"),
+            "per_logit": lambda: per_logit_autograd(model, x, EPS),
+        }
+        if not args.skip_etb_mask_etb:
+            fns["etb_mask_etb"] = lambda: etbkernels.bounds(model, x, EPS, mask="etb")
+        lf, note = lirpa_fns(model, x)
+        fns.update(lf)
+        if note not in notes:
+            notes.append(note)
+        res = {}
+        for key, fn in tqdm(list(fns.items()), desc=f"{name} no-grad"):
+            with torch.no_grad():
+                if key == "per_logit":  # needs autograd inside
+                    res[key] = _time(fn, args.repeats)
+                else:
+                    res[key] = _time(fn, args.repeats)
+        if not args.skip_backward:
+            back = {"ibp_fwd_bwd": lambda: _fwd_bwd(model, x, method="ibp"),
+                    "etb_mask_ibp_fwd_bwd": lambda: _fwd_bwd(model, x, mask="ibp")}
+            for key, fn in tqdm(list(back.items()), desc=f"{name} fwd+bwd"):
+                res[key] = _time(fn, args.repeats)
+        row = {"model": name, "batch": args.batch, **{k: round(v, 4) for k, v in res.items()}}
+        row["per_logit_over_etb_mask_ibp"] = round(res["per_logit"] / res["etb_mask_ibp"], 2)
+        row["etb_mask_ibp_over_ibp"] = round(res["etb_mask_ibp"] / res["ibp"], 2)
+        if "etb_mask_etb" in res:
+            row["etb_mask_etb_over_ibp"] = round(res["etb_mask_etb"] / res["ibp"], 2)
+            row["per_logit_over_etb_mask_etb"] = round(res["per_logit"] / res["etb_mask_etb"], 3)
+        print(row, flush=True)
+        rows.append(row)
+    meta = {"threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": "float32", "eps": EPS,
+            "repeats": args.repeats, "load_avg_at_end": os.getloadavg()}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump({"meta": meta, "notes": notes, "rows": rows}, f, indent=1)
+    with open(args.out + ".md", "w") as f:
+        f.write("# Network logit-bound speed (CPU, generated by bench/bench_network.py)\n\n")
+        f.write(f"Setup: {json.dumps(meta)}\n\n")
+        for n in notes:
+            f.write(f"- {n}\n")
+        keys = [k for k in rows[0] if k not in ("model", "batch")]
+        f.write("\n| model | batch | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 2) + "\n")
+        for r in rows:
+            f.write(f"| {r['model']} | {r['batch']} | " + " | ".join(str(r.get(k, "-")) for k in keys) + " |\n")
+        f.write("\nTimes in seconds; ratios are measured in the same run.\n")
+    print(open(args.out + ".md").read())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""ETB propagation through a parsed network, for one chunk of samples (see ../shared/ETB.md).
+
+Two ways to form the per-sample linear parts ``J_k`` of the masked prefixes:
+
+- :func:`etb_forward` (every layer's bound; needed for ``mask="etb"``): pushes the ``n`` input
+  directions ``diag(r)`` forward, ``D_k = A_k S_{k-1} D_{k-1}`` (a batch of N*n "images" through
+  each Linear/Conv2d), so ``radius_k = sum over directions |D_k|``. Cost ~ n forward passes per
+  sample; memory N * n * (widest layer).
+- :func:`etb_backward` (the output / spec rows only, masks known, e.g. ``mask="ibp"``): pulls
+  the K rows of ``C`` backward, ``Lambda <- Lambda A_k S_{k-1}`` (Linear transposes and
+  conv_transpose2d on N*K images). Cost ~ K backward passes; memory N * K * (widest layer).
+
+Both are plain differentiable PyTorch; the caller chunks samples to bound memory.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from . import patches
+from .layers import AvgPoolOp, ConvOp, FlattenOp, LinearOp
+from .parse import Network
+
+CR = Tuple[Tensor, Tensor]  # (center, radius)
+
+
+def _apply_directions(op, D: Tensor, fn: str) -> Tensor:
+    """Applies ``op.<fn>`` to a (N, n, *in_shape) batch of directions."""
+    N, n = D.shape[0], D.shape[1]
+    out = getattr(op, fn)(D.reshape((N * n,) + tuple(op.in_shape)))
+    return out.reshape((N, n) + tuple(op.out_shape))
+
+
+def _use_patches(net: Network) -> bool:
+    return len(net.in_shape) == 3 and all(patches.supports(op) for op in net.stages[0])
+
+
+def first_stage_directions(net: Network, dtype, device):
+    """``A_1`` applied to the identity, shared by all samples: patches for a conv first stage
+    (see :mod:`.patches`), else dense directions (n, *shape of stage 1)."""
+    if _use_patches(net):
+        p = patches.identity(net.in_shape, dtype, device)
+        for op in net.stages[0]:
+            p = patches.apply(p, op)
+        return p
+    n = 1
+    for s in net.in_shape:
+        n *= s
+    D = torch.eye(n, dtype=dtype, device=device).reshape((n,) + tuple(net.in_shape))
+    for op in net.stages[0]:
+        D = op.linear(D)
+    return D
+
+
+def forward_numel_per_sample(net: Network, total: bool = False) -> int:
+    """Numel of the largest Jacobian tensor :func:`etb_forward` holds per sample (for chunking).
+
+    With ``total=True``: the sum over layers instead, what autograd keeps alive for backward.
+    """
+    n = 1
+    for d in net.in_shape:
+        n *= d
+    patch = _use_patches(net)
+    rh = rw = 1
+    sh = sw = 1
+    c0 = net.in_shape[0]
+    peak = n
+    sizes = [n]
+
+    def _acc(cur, *vals):
+        sizes.append(max(vals))
+        return max(cur, *vals)
+
+    for k, stage in enumerate(net.stages):
+        for i, op in enumerate(stage):
+            out = 1
+            for d in op.out_shape:
+                out *= d
+            if patch and isinstance(op, FlattenOp) and i + 1 < len(stage) and isinstance(stage[i + 1], LinearOp):
+                # fused Flatten + Linear (flatten_linear_directions): (H W, C0 R^2, out) products
+                out = stage[i + 1].out_shape[0]
+                peak = _acc(peak, op.in_shape[1] * op.in_shape[2] * c0 * rh * rw * out)
+                patch = False
+            if patch and patches.supports(op):
+                conv = op._conv if isinstance(op, AvgPoolOp) else op
+                if isinstance(conv, ConvOp):
+                    kh, kw = conv.weight.shape[2:]
+                    rh2, rw2 = rh + (kh - 1) * conv.dilation[0] * sh, rw + (kw - 1) * conv.dilation[1] * sw
+                    if c0 * rh2 * rw2 < n or k == 0:
+                        rh, rw, sh, sw = rh2, rw2, sh * conv.stride[0], sw * conv.stride[1]
+                        peak = _acc(peak, out * c0 * rh * rw)
+                        continue
+                else:
+                    peak = _acc(peak, out * c0 * rh * rw)
+                    continue
+            if patch:  # conversion to dense directions: the canvas is a little larger than n
+                peak = _acc(peak, 2 * n * max(out, 1))
+                patch = False
+            peak = _acc(peak, n * out)
+    return sum(sizes) if total else peak
+
+
+def _next_activation(z: Tensor, s: Tensor, center_at: str) -> Tensor:
+    return s * z if center_at == "linear" else torch.relu(z)
+
+
+def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
+                masks: Optional[Sequence[Tensor]] = None, spec: Optional[Tensor] = None) -> List[CR]:
+    """ETB bounds of every stage output for a chunk of samples, forming ``J_k`` forward.
+
+    Convolutional layers keep ``J_k`` in patches form (:mod:`.patches`) while the windows are
+    smaller than the input; from the first Flatten/Linear on (or once windows cover the input)
+    ``J_k diag(r)`` is dense, (N, n, *layer shape).
+
+    Args:
+        mu, r: (N, *in_shape) box centre and radius (r >= 0).
+        first: :func:`first_stage_directions` of ``net``.
+        center_at: "linear" (T_k(mu)) or "output" (the network's own f_k(mu)).
+        masks: one 0/1 tensor (N, *stage shape) per ReLU, or None for ETB's own masks
+            ``1[center_k + radius_k > 0]`` (the blockwise scheme).
+        spec: optional (N, K, out) or (K, out) matrix applied to the output.
+
+    Returns:
+        [(center_k, radius_k)] for k = 1..L (the last one is the output or ``spec @ output``).
+    """
+    N = mu.shape[0]
+    n = r[0].numel()
+    if isinstance(first, tuple):
+        P, D = first, None
+    else:  # D[b, k] = r_b[k] * J_1 e_k: the columns of J_1 diag(r_b)
+        P, D = None, first.unsqueeze(0) * r.reshape((N, n) + (1,) * (first.dim() - 1))
+    z = mu
+    for op in net.stages[0]:
+        z = op.forward(z)
+    out: List[CR] = []
+    for k in range(1, len(net.stages)):
+        radius = patches.radius(P, r) if P is not None else torch.linalg.vector_norm(D, ord=1, dim=1)
+        out.append((z, radius))
+        s = (z + radius > 0).to(z.dtype).detach() if masks is None else masks[k - 1]
+        if P is not None:
+            P = patches.mask(P, s)
+        else:
+            D = D * s.unsqueeze(1)
+        z = _next_activation(z, s, center_at)
+        ops = net.stages[k]
+        i = 0
+        while i < len(ops):
+            op = ops[i]
+            if P is not None and isinstance(op, FlattenOp) and i + 1 < len(ops) and isinstance(ops[i + 1], LinearOp):
+                P, D = None, patches.flatten_linear_directions(P, ops[i + 1].weight, r)
+                z = ops[i + 1].forward(op.forward(z))
+                i += 2
+                continue
+            if P is not None and not (patches.supports(op) and patches.grown_size(P, op) < n):
+                P, D = None, patches.to_directions(P, r)
+            if P is not None:
+                P = patches.apply(P, op)
+            else:
+                D = _apply_directions(op, D, "linear")
+            z = op.forward(z)
+            i += 1
+    if P is not None:
+        D = patches.to_directions(P, r)
+    if spec is not None:
+        D, z = D.flatten(2), z.flatten(1)
+        if spec.dim() == 2:
+            D, z = D @ spec.T, z @ spec.T
+        else:
+            D, z = torch.einsum("nim,nkm->nik", D, spec), torch.einsum("nm,nkm->nk", z, spec)
+    out.append((z, torch.linalg.vector_norm(D, ord=1, dim=1)))
+    return out
+
+
+def output_center(net: Network, mu: Tensor, center_at: str, masks: Sequence[Tensor]) -> Tensor:
+    """Centre of the output: the masked linearization T_L(mu) or the network's f(mu)."""
+    z = mu
+    for k, stage in enumerate(net.stages):
+        if k > 0:
+            z = _next_activation(z, masks[k - 1], center_at)
+        for op in stage:
+            z = op.forward(z)
+    return z
+
+
+def etb_backward(net: Network, mu: Tensor, r: Tensor, center_at: str, masks: Sequence[Tensor],
+                 spec: Optional[Tensor] = None) -> CR:
+    """ETB bounds of the output (or ``spec @ output``) with given masks, forming ``J_L`` backward.
+
+    Args:
+        mu, r: (N, *in_shape) box centre and radius.
+        masks: one 0/1 tensor (N, *stage shape) per ReLU (e.g. from IBP: ``mask="ibp"``).
+        spec: optional (N, K, out) or (K, out).
+
+    Returns:
+        (center, radius), each (N, K) (K = out features, or spec rows).
+    """
+    N = mu.shape[0]
+    z = output_center(net, mu, center_at, masks).flatten(1)
+    out_dim = z.shape[1]
+    if spec is None:
+        lam = torch.eye(out_dim, dtype=mu.dtype, device=mu.device).expand(N, out_dim, out_dim)
+    elif spec.dim() == 2:
+        lam = spec.expand(N, -1, -1)
+        z = z @ spec.T
+    else:
+        lam = spec
+        z = torch.einsum("nm,nkm->nk", z, spec)
+    K = lam.shape[1]
+    lam = lam.reshape((N, K) + tuple(net.out_shape))
+    for k in range(len(net.stages) - 1, -1, -1):
+        for i, op in enumerate(reversed(net.stages[k])):
+            if i == 0 and isinstance(op, LinearOp) and lam.dim() == 3:
+                lam = torch.matmul(lam, op.weight)  # (N, K, out) @ (out, in)
+            else:
+                lam = op.transpose(lam.reshape((N * K,) + tuple(op.out_shape)))
+                lam = lam.reshape((N, K) + tuple(op.in_shape))
+        if k > 0:
+            lam = lam * masks[k - 1].unsqueeze(1)
+    radius = torch.einsum("nki,ni->nk", lam.abs().flatten(2), r.flatten(1))
+    return z, radius

@@ -1,0 +1,159 @@
+"""Affine maps a network is made of, each with the four actions bound propagation needs.
+
+Every op acts on a batch whose first dimension is free (samples, or directions of a
+linear map) and whose other dimensions are the op's per-sample ``in_shape``:
+
+- ``forward(x)``: the affine map itself (with bias), e.g. a centre;
+- ``linear(x)``: its linear part (no bias), applied to directions (columns of a Jacobian);
+- ``abs_linear(r)``: ``|W| r``, the radius step of IBP;
+- ``transpose(y)``: ``W^T y``, applied to rows of a Jacobian when it is formed backward.
+
+Weights are read from the modules at parse time without detaching, so every action is
+differentiable in the model's parameters.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Shape = Tuple[int, ...]
+
+
+class AffineOp:
+    """Base class: an affine map from per-sample ``in_shape`` to ``out_shape``."""
+
+    in_shape: Shape
+    out_shape: Shape
+
+    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def linear(self, x: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def abs_linear(self, r: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def transpose(self, y: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class LinearOp(AffineOp):
+    """``x @ W^T + b`` on (B, n) input (nn.Linear layout)."""
+
+    def __init__(self, weight: Tensor, bias: Optional[Tensor], in_shape: Shape):
+        self.weight, self.bias = weight, bias
+        self.in_shape, self.out_shape = in_shape, (weight.shape[0],)
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def linear(self, x):
+        return F.linear(x, self.weight)
+
+    def abs_linear(self, r):
+        return F.linear(r, self.weight.abs())
+
+    def transpose(self, y):
+        return y @ self.weight
+
+
+class ConvOp(AffineOp):
+    """``conv2d(x, W, b)`` with stride, padding, dilation and groups (zero padding only)."""
+
+    def __init__(self, weight: Tensor, bias: Optional[Tensor], stride, padding, dilation, groups: int,
+                 in_shape: Shape):
+        self.weight, self.bias = weight, bias
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.in_shape = in_shape
+        out = F.conv2d(torch.zeros((1,) + tuple(in_shape), dtype=weight.dtype, device=weight.device,
+                                   requires_grad=False), weight.detach(), None, stride, padding, dilation, groups)
+        self.out_shape = tuple(out.shape[1:])
+        # conv_transpose2d needs output_padding to reproduce the input size exactly
+        self.output_padding = tuple(
+            in_shape[1 + d] - ((self.out_shape[1 + d] - 1) * stride[d] - 2 * padding[d]
+                               + dilation[d] * (weight.shape[2 + d] - 1) + 1)
+            for d in range(2))
+
+    def _conv(self, x, w, b=None):
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+
+    def forward(self, x):
+        return self._conv(x, self.weight, self.bias)
+
+    def linear(self, x):
+        return self._conv(x, self.weight)
+
+    def abs_linear(self, r):
+        return self._conv(r, self.weight.abs())
+
+    def transpose(self, y):
+        return F.conv_transpose2d(y, self.weight, None, self.stride, self.padding, self.output_padding,
+                                  self.groups, self.dilation)
+
+
+class ChannelAffineOp(AffineOp):
+    """``x * scale + shift`` per channel (dimension 1): eval BatchNorm, input normalization."""
+
+    def __init__(self, scale: Tensor, shift: Optional[Tensor], in_shape: Shape):
+        view = (-1,) + (1,) * (len(in_shape) - 1)
+        self.scale = scale.reshape(view)
+        self.shift = None if shift is None else shift.reshape(view)
+        self.in_shape = self.out_shape = in_shape
+
+    def forward(self, x):
+        return x * self.scale if self.shift is None else x * self.scale + self.shift
+
+    def linear(self, x):
+        return x * self.scale
+
+    def abs_linear(self, r):
+        return r * self.scale.abs()
+
+    def transpose(self, y):
+        return y * self.scale
+
+
+class AvgPoolOp(AffineOp):
+    """``avg_pool2d`` (count_include_pad=True, floor mode): a linear map with weights >= 0."""
+
+    def __init__(self, kernel, stride, padding, in_shape: Shape, dtype, device):
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+        self.in_shape = in_shape
+        C = in_shape[0]
+        # the same map as a depthwise convolution, for the transpose
+        self.weight = torch.full((C, 1) + tuple(kernel), 1.0 / (kernel[0] * kernel[1]), dtype=dtype, device=device)
+        self._conv = ConvOp(self.weight, None, stride, padding, (1, 1), C, in_shape)
+        self.out_shape = self._conv.out_shape
+
+    def forward(self, x):
+        return F.avg_pool2d(x, self.kernel, self.stride, self.padding)
+
+    linear = forward
+    abs_linear = forward
+
+    def transpose(self, y):
+        return self._conv.transpose(y)
+
+
+class FlattenOp(AffineOp):
+    """``x.flatten(1)``: a reshape."""
+
+    def __init__(self, in_shape: Shape):
+        self.in_shape = in_shape
+        n = 1
+        for s in in_shape:
+            n *= s
+        self.out_shape = (n,)
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], -1)
+
+    linear = forward
+    abs_linear = forward
+
+    def transpose(self, y):
+        return y.reshape((y.shape[0],) + tuple(self.in_shape))
