@@ -23,6 +23,7 @@ def _data(n=6):
 
 def test_docstring_example():
     assert doctest.testmod(enn, raise_on_error=False).failed == 0
+    assert etbkernels.BoundedModel is enn.BoundedModel
 
 
 def test_forward_is_the_models_own():

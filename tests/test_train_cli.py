@@ -69,6 +69,8 @@ def test_checkpoint_contents_and_nothing_outside_out(tmp_path, monkeypatch):
 
 def test_existing_run_and_mismatched_resume(tmp_path, capsys):
     assert _train(tmp_path, "--method", "nominal") == 0
+    h = load_checkpoint(tmp_path)["history"][0]
+    assert h["eps"] == 0.0 and h["kappa"] == 1.0  # nominal training uses no box
     assert _train(tmp_path, "--method", "nominal") == 1
     assert "pass --resume" in capsys.readouterr().err
     assert _train(tmp_path, "--method", "ibp", "--resume", "--epochs", "2") == 1

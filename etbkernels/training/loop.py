@@ -260,8 +260,9 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
         lr = opt.param_groups[0]["lr"]
         sched.step()
         history.append({"epoch": epoch + 1, "loss": tot[0].item() / max(tot[2].item(), 1),
-                        "train_acc": tot[1].item() / max(tot[2].item(), 1), "eps": eps_at(step - 1) if step else 0.0,
-                        "kappa": kappa_at(step - 1) if step else 1.0, "lr": lr, "steps": step,
+                        "train_acc": tot[1].item() / max(tot[2].item(), 1),
+                        "eps": eps_at(step - 1) if step and cfg.method != "nominal" else 0.0,
+                        "kappa": kappa_at(step - 1) if step and cfg.method != "nominal" else 1.0, "lr": lr, "steps": step,
                         "time_s": time.perf_counter() - t0, "processes": world})
         if rank == 0:
             state = {"format": "etbkernels-train-1", "config": cfg.to_dict(), "epoch": epoch + 1, "step": step,
