@@ -96,17 +96,22 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError("need epochs >= 1, batch size >= 1 and lr > 0")
         self.lr_milestones = sorted(int(m) for m in self.lr_milestones)
+        if self.lr_milestones and self.lr_milestones[0] < 1:
+            raise ValueError(f"lr milestones are epochs >= 1 (lr changes after that many epochs), got {self.lr_milestones}")
         self.mlp_widths = [int(w) for w in self.mlp_widths]
 
     def to_dict(self) -> Dict:
         return dataclasses.asdict(self)
 
 
-def _dist() -> Tuple[int, int]:
-    """(rank, world size); initialises the process group under torchrun (WORLD_SIZE > 1)."""
+def _dist(device: str) -> Tuple[int, int]:
+    """(rank, world size); initialises the process group under torchrun (WORLD_SIZE > 1).
+
+    gloo for CPU training, nccl for CUDA devices.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
+        dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -170,10 +175,13 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
     ``loss_hook(loss, epoch, step) -> loss`` is a test hook (e.g. to inject a NaN).
     Raises :class:`NonFiniteLossError` on a NaN/Inf loss or parameter (checkpoint left intact).
     """
-    rank, world = _dist()
+    rank, world = _dist(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
+    if world > 1 and device.type == "cuda" and device.index is None:  # one GPU per process under torchrun
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
     if cfg.batch_size % world:
@@ -226,7 +234,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         t0 = time.perf_counter()
-        tot = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+        tot = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
         batches = _batches(n, cfg.batch_size, world, rank, cfg.seed, epoch)
         bar = progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress or rank != 0 or None)
         for idx in bar:
@@ -235,7 +243,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
             loss, logits = wrapped(xb, yb, eps_t, kappa_t)
             if loss_hook is not None:
                 loss = loss_hook(loss, epoch, step)
-            finite = torch.tensor([float(torch.isfinite(loss.detach()).all())])
+            finite = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=device)
             if world > 1:
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
             if finite.item() < 1:
@@ -249,7 +257,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
             step += 1
             with torch.no_grad():
                 tot += torch.tensor([loss.item() * len(yb), (logits.argmax(1) == yb).sum().item(), len(yb)],
-                                    dtype=torch.float64)
+                                    dtype=torch.float64, device=device)
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss.item():.4f}", eps=f"{eps_t:.3g}")
         if world > 1:
