@@ -77,6 +77,9 @@ def test_existing_run_and_mismatched_resume(tmp_path, capsys):
     assert "method='nominal'/'ibp'" in capsys.readouterr().err
     assert _train(tmp_path / "none", "--resume") == 1
     assert "no checkpoint" in capsys.readouterr().err
+    assert _train(tmp_path / "m0", "--lr-milestones", "0") == 1
+    assert "lr milestones are epochs >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "m0").exists()
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, capsys):
@@ -94,6 +97,13 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, capsys)
     assert "non-finite loss" in err and "epoch 2" in err and "after epoch 1) is intact" in err
     st = load_checkpoint(tmp_path)
     assert st["epoch"] == 1 and all(bool(torch.isfinite(v).all()) for v in st["model"].values())
+    assert not (tmp_path / "checkpoint.pt.tmp").exists()
+    # the stopped (as if killed mid-epoch) run resumes and ends exactly where a clean run does
+    monkeypatch.setattr(T._Objective, "forward", forward)
+    (tmp_path / "checkpoint.pt.tmp").write_bytes(b"partial write of a killed save")
+    assert _train(tmp_path, "--method", "etb", "--epochs", "2", "--resume") == 0
+    assert _train(tmp_path / "clean", "--method", "etb", "--epochs", "2") == 0
+    _same_state(load_checkpoint(tmp_path)["model"], load_checkpoint(tmp_path / "clean")["model"])
     assert not (tmp_path / "checkpoint.pt.tmp").exists()
 
 
