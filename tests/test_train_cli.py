@@ -60,6 +60,7 @@ def test_checkpoint_contents_and_nothing_outside_out(tmp_path, monkeypatch):
     st = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "rng", "epoch", "step", "config", "history"} <= st.keys()
     assert st["config"]["method"] == "ibp" and st["config"]["loss"] == "ibp_paper" and st["epoch"] == 1
+    assert st["history"][0]["eps"] == 0.2 and st["history"][0]["kappa"] == 0.5  # no schedule: final values
     assert isinstance(st["rng"]["torch"], torch.Tensor)
     # the model starts with MNIST's Normalize layer, so eps is in pixels
     assert torch.allclose(st["model"]["0.std"], torch.tensor([0.3081]))
@@ -70,7 +71,7 @@ def test_checkpoint_contents_and_nothing_outside_out(tmp_path, monkeypatch):
 def test_existing_run_and_mismatched_resume(tmp_path, capsys):
     assert _train(tmp_path, "--method", "nominal") == 0
     h = load_checkpoint(tmp_path)["history"][0]
-    assert h["eps"] == 0.0 and h["kappa"] == 1.0  # nominal training uses no box
+    assert h["eps"] == 0.0 and h["kappa"] is None  # nominal training uses no box (and no kappa)
     assert _train(tmp_path, "--method", "nominal") == 1
     assert "pass --resume" in capsys.readouterr().err
     assert _train(tmp_path, "--method", "ibp", "--resume", "--epochs", "2") == 1
@@ -186,3 +187,26 @@ def test_cifar10_folder_train_and_normalization(tmp_path):
     assert st["history"][0]["steps"] == 2  # 40 training images, batches of 20
     assert torch.allclose(st["model"]["0.mean"], torch.tensor([0.4914, 0.4822, 0.4465]))
     assert main(["train", "--dataset", "cifar10", "--out", str(tmp_path / "r2")]) == 1  # needs --data-dir
+
+
+def test_fashion_mnist_folder_train(tmp_path):
+    import gzip
+    import struct
+
+    rng = np.random.default_rng(1)
+    data = tmp_path / "fashion"
+    data.mkdir()
+    for prefix, n in (("train", 24), ("t10k", 6)):
+        for kind, arr in (("images-idx3", rng.integers(0, 256, (n, 28, 28))), ("labels-idx1", rng.integers(0, 10, n))):
+            header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+            with gzip.open(data / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
+                f.write(header + arr.astype(np.uint8).tobytes())
+    assert main(["train", "--dataset", "fashion-mnist", "--data-dir", str(data), "--model", "mlp", "--mlp-widths", "32",
+                 "--method", "etb", "--eps", "0.05", "--batch-size", "8", "--threads", "1", "--no-progress",
+                 "--out", str(tmp_path / "run")]) == 0
+    st = load_checkpoint(tmp_path / "run")
+    assert st["history"][0]["steps"] == 3 and st["model"]["2.weight"].shape == (32, 784)
+    assert main(["eval", str(tmp_path / "run"), "--pgd-steps", "2", "--violation-limit", "3", "--violation-steps", "2",
+                 "--threads", "1", "--no-progress"]) == 0
+    r = json.loads((tmp_path / "run" / "eval_eps0.05.json").read_text())
+    assert r["n"] == 6 and r["dataset"] == "fashion-mnist" and r["ibp_violation_rate"] == 0

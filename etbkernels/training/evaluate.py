@@ -18,7 +18,7 @@ from .._progress import progress
 from ..attacks import pgd_attack, pgd_output_range
 from ..network.api import bounds, margin_spec
 from .checkpoint import load_checkpoint
-from .data import build_model, load_dataset
+from .data import DATASETS, build_model, load_dataset
 from .loop import CLIP
 
 #: column -> (header, format) of the markdown table, in order
@@ -76,7 +76,7 @@ def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit
     bmodel = copy.deepcopy(model).to(bdtype)
     x_all, y_all = load_dataset(cfg["dataset"], "test", data_dir or cfg.get("data_dir"), limit)
     N = len(x_all)
-    K = 10
+    K = DATASETS[cfg["dataset"]][2]
     sums = dict(clean=0, pgd=0, ibp=0, etb=0, ibp_not_pgd=0, etb_w=0.0, ibp_w=0.0)
     viol = dict(pairs=0, pairs_lower=0, images=0, n_pairs=0, n_images=0, ibp_pairs=0)
     starts = list(range(0, N, batch_size))

@@ -164,7 +164,7 @@ def format_history(history: List[Dict]) -> str:
     lines = ["| epoch | loss | train acc | eps | kappa | lr | time (s) |", "|---|---|---|---|---|---|---|"]
     for h in history:
         lines.append(f"| {h['epoch']} | {h['loss']:.4f} | {100 * h['train_acc']:.2f}% | {h['eps']:.4g} | "
-                     f"{h['kappa']:.3g} | {h['lr']:.3g} | {h['time_s']:.1f} |")
+                     f"{'-' if h['kappa'] is None else format(h['kappa'], '.3g')} | {h['lr']:.3g} | {h['time_s']:.1f} |")
     return "\n".join(lines)
 
 
@@ -270,7 +270,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
         history.append({"epoch": epoch + 1, "loss": tot[0].item() / max(tot[2].item(), 1),
                         "train_acc": tot[1].item() / max(tot[2].item(), 1),
                         "eps": eps_at(step - 1) if step and cfg.method != "nominal" else 0.0,
-                        "kappa": kappa_at(step - 1) if step and cfg.method != "nominal" else 1.0, "lr": lr, "steps": step,
+                        "kappa": (kappa_at(step - 1) if step else 1.0) if cfg.loss == "ibp_paper" else None, "lr": lr, "steps": step,
                         "time_s": time.perf_counter() - t0, "processes": world})
         if rank == 0:
             state = {"format": "etbkernels-train-1", "config": cfg.to_dict(), "epoch": epoch + 1, "step": step,
