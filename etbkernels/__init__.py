@@ -7,6 +7,7 @@ from ._ops import has_cuda_kernels, ops
 from .block import etb_block, ibp_block
 from .bounds_type import Bounds
 from .network import Normalize, bounds, margin_spec
+from .nn import BoundedModel
 
 __version__ = "0.1.0"
-__all__ = ["Bounds", "etb_block", "ibp_block", "bounds", "margin_spec", "Normalize", "reference", "ops", "has_cuda_kernels", "__version__"]
+__all__ = ["Bounds", "etb_block", "ibp_block", "bounds", "margin_spec", "Normalize", "BoundedModel", "reference", "ops", "has_cuda_kernels", "__version__"]

@@ -1,0 +1,310 @@
+"""The training loop: nominal, IBP or ETB robust training, single process or DDP (torchrun).
+
+Determinism: the model is initialised from ``seed``; epoch ``e`` visits the training images in
+the order ``randperm(N, generator=seed-derived(e))``, so a resumed run sees exactly the batches
+an uninterrupted run would. Checkpoints (atomic, each epoch) hold model, optimizer, scheduler,
+RNG state, epoch, step and the per-epoch history; ``resume=True`` continues from them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .._progress import progress
+from ..losses import LinearRamp
+from ..nn import BoundedModel
+from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from .data import DATASETS, MODELS, build_model, load_dataset
+
+METHODS = ("nominal", "ibp", "etb")
+#: config fields a resumed run must share with the checkpoint (the rest may change, e.g. epochs)
+_RESUME_KEYS = ("dataset", "model", "method", "eps", "eps_warmup", "eps_ramp", "loss", "kappa", "lam",
+                "temperature", "mask", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
+                "lr_milestones", "lr_gamma", "seed", "limit", "normalize", "mlp_widths")
+CLIP = (0.0, 1.0)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/Inf loss or parameter; the last good checkpoint is left as it was."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on (stored in the checkpoint). eps is in pixel units [0, 1]."""
+
+    out: str
+    dataset: str = "mnist"
+    model: str = "small"
+    method: str = "etb"
+    eps: float = 0.1
+    eps_warmup: float = 0.0          # epochs at eps 0 (kappa 1) before the ramp
+    eps_ramp: float = 0.0            # epochs of linear ramp 0 -> eps (kappa 1 -> kappa)
+    loss: Optional[str] = None       # "release" | "ibp_paper"; None: release for etb, ibp_paper for ibp
+    kappa: float = 0.5
+    lam: float = 1.0
+    temperature: float = 1.0
+    mask: str = "ibp"                # ETB masks: "ibp" (authors' release, faster) or "etb"
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_milestones: List[int] = field(default_factory=list)
+    lr_gamma: float = 0.1
+    seed: int = 0
+    device: str = "cpu"
+    limit: Optional[int] = None
+    data_dir: Optional[str] = None
+    normalize: bool = True
+    mlp_widths: List[int] = field(default_factory=lambda: [1024, 1024])
+    threads: Optional[int] = None
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {self.dataset!r}")
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        if self.loss is None and self.method != "nominal":
+            self.loss = "release" if self.method == "etb" else "ibp_paper"
+        if self.loss not in (None, "release", "ibp_paper"):
+            raise ValueError(f"loss must be 'release' or 'ibp_paper', got {self.loss!r}")
+        if not 0 <= self.eps <= 1:
+            raise ValueError(f"eps must be in [0, 1] (pixel units), got {self.eps}")
+        if self.eps_warmup < 0 or self.eps_ramp < 0:
+            raise ValueError("eps warm-up and ramp must be >= 0 epochs")
+        if not 0 <= self.kappa <= 1:
+            raise ValueError(f"kappa must be in [0, 1], got {self.kappa}")
+        if self.mask not in ("ibp", "etb"):
+            raise ValueError(f"mask must be 'ibp' or 'etb', got {self.mask!r}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError("need epochs >= 1, batch size >= 1 and lr > 0")
+        self.lr_milestones = sorted(int(m) for m in self.lr_milestones)
+        if self.lr_milestones and self.lr_milestones[0] < 1:
+            raise ValueError(f"lr milestones are epochs >= 1 (lr changes after that many epochs), got {self.lr_milestones}")
+        self.mlp_widths = [int(w) for w in self.mlp_widths]
+
+    def to_dict(self) -> Dict:
+        return dataclasses.asdict(self)
+
+
+def _dist(device: str) -> Tuple[int, int]:
+    """(rank, world size); initialises the process group under torchrun (WORLD_SIZE > 1).
+
+    gloo for CPU training, nccl for CUDA devices.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _Objective(nn.Module):
+    """forward(x, y, eps, kappa) -> (loss, logits): what DDP wraps, so gradients are all-reduced."""
+
+    def __init__(self, bm: BoundedModel, cfg: TrainConfig):
+        super().__init__()
+        self.bm, self.cfg = bm, cfg
+
+    def forward(self, x: Tensor, y: Tensor, eps: float, kappa: float) -> Tuple[Tensor, Tensor]:
+        if self.cfg.method == "nominal":
+            logits = self.bm(x)
+            return nn.functional.cross_entropy(logits, y), logits
+        return self.bm.robust_loss(x, y, eps, loss=self.cfg.loss, lam=self.cfg.lam,
+                                   temperature=self.cfg.temperature, kappa=kappa)
+
+
+def _optimizer(cfg: TrainConfig, params):
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _batches(n: int, batch: int, world: int, rank: int, seed: int, epoch: int) -> List[Tensor]:
+    """This rank's index batches for one epoch: global batches of ``batch`` images, split by rank.
+
+    Each global batch is trimmed to a multiple of the world size so every rank has equally
+    many samples (then DDP's mean of per-rank means equals the global mean).
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    out = []
+    for i in range(0, n, batch):
+        idx = perm[i:i + batch]
+        idx = idx[:len(idx) - len(idx) % world]
+        if len(idx):
+            out.append(idx[rank::world])
+    return out
+
+
+def _all_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def format_history(history: List[Dict]) -> str:
+    """Markdown summary table of the per-epoch history."""
+    lines = ["| epoch | loss | train acc | eps | kappa | lr | time (s) |", "|---|---|---|---|---|---|---|"]
+    for h in history:
+        lines.append(f"| {h['epoch']} | {h['loss']:.4f} | {100 * h['train_acc']:.2f}% | {h['eps']:.4g} | "
+                     f"{'-' if h['kappa'] is None else format(h['kappa'], '.3g')} | {h['lr']:.3g} | {h['time_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
+          loss_hook: Optional[Callable[[Tensor, int, int], Tensor]] = None) -> List[Dict]:
+    """Trains as ``cfg`` says; returns the per-epoch history. Only rank 0 writes, and only under ``cfg.out``.
+
+    ``loss_hook(loss, epoch, step) -> loss`` is a test hook (e.g. to inject a NaN).
+    Raises :class:`NonFiniteLossError` on a NaN/Inf loss or parameter (checkpoint left intact).
+    """
+    rank, world = _dist(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    if world > 1 and device.type == "cuda" and device.index is None:  # one GPU per process under torchrun
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    out = Path(cfg.out)
+    ckpt_path = out / CHECKPOINT
+    if cfg.batch_size % world:
+        raise ValueError(f"batch size {cfg.batch_size} must be a multiple of the number of processes ({world})")
+    if ckpt_path.exists() and not cfg.resume:
+        raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")
+    state = None
+    if cfg.resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        state = load_checkpoint(ckpt_path)
+        saved = state["config"]
+        diff = {k: (saved.get(k), getattr(cfg, k)) for k in _RESUME_KEYS if saved.get(k) != getattr(cfg, k)}
+        if diff:
+            raise ValueError("--resume: these options differ from the checkpoint's run (checkpoint, now): "
+                             + ", ".join(f"{k}={a!r}/{b!r}" for k, (a, b) in diff.items()))
+
+    torch.manual_seed(cfg.seed)
+    x, y = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.limit)
+    model = build_model(cfg.model, cfg.dataset, normalize=cfg.normalize, mlp_widths=cfg.mlp_widths).to(device)
+    bound_method = "ibp" if cfg.method == "ibp" else "etb"
+    bm = BoundedModel(model, method=bound_method, mask=cfg.mask if bound_method == "etb" else None, clip=CLIP)
+    objective = _Objective(bm, cfg)
+    opt = _optimizer(cfg, model.parameters())
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.lr_milestones, gamma=cfg.lr_gamma)
+    start_epoch, step, history = 0, 0, []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(_sched_from_plain(state["scheduler"]))
+        torch.set_rng_state(state["rng"]["torch"])
+        start_epoch, step, history = int(state["epoch"]), int(state["step"]), list(state["history"])
+        if rank == 0:
+            log(f"resuming {ckpt_path} after epoch {start_epoch} (step {step})")
+    wrapped = objective
+    if world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(objective, device_ids=None if device.type == "cpu" else [device])
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+
+    n = len(x)
+    spe = len(_batches(n, cfg.batch_size, world, rank, cfg.seed, 0))  # optimizer steps per epoch
+    warm, ramp = round(cfg.eps_warmup * spe), round(cfg.eps_ramp * spe)
+    eps_at = LinearRamp(0.0, cfg.eps, warm, ramp)
+    kappa_at = LinearRamp(1.0, cfg.kappa, warm, ramp)
+    if rank == 0 and state is None:
+        log(f"training {cfg.model} on {cfg.dataset} ({n} images, {world} process(es)), method {cfg.method}"
+            + (f", loss {cfg.loss}, eps {cfg.eps} (warm-up {warm} steps, ramp {ramp} steps)" if cfg.method != "nominal" else ""))
+
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        tot = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+        batches = _batches(n, cfg.batch_size, world, rank, cfg.seed, epoch)
+        bar = progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress or rank != 0 or None)
+        for idx in bar:
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            eps_t, kappa_t = eps_at(step), kappa_at(step)
+            loss, logits = wrapped(xb, yb, eps_t, kappa_t)
+            if loss_hook is not None:
+                loss = loss_hook(loss, epoch, step)
+            finite = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=device)
+            if world > 1:
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if finite.item() < 1:
+                raise NonFiniteLossError(
+                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step} (eps {eps_t:.4g}); stopped. "
+                    + _kept_message(ckpt_path, start_epoch if not history else history[-1]["epoch"])
+                    + " Try a smaller --lr or a longer --eps-schedule ramp.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            with torch.no_grad():
+                tot += torch.tensor([loss.item() * len(yb), (logits.argmax(1) == yb).sum().item(), len(yb)],
+                                    dtype=torch.float64, device=device)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{loss.item():.4f}", eps=f"{eps_t:.3g}")
+        if world > 1:
+            dist.all_reduce(tot)
+        if not _all_finite(model):
+            raise NonFiniteLossError(f"non-finite parameters after epoch {epoch + 1}; stopped. "
+                                     + _kept_message(ckpt_path, epoch))
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        history.append({"epoch": epoch + 1, "loss": tot[0].item() / max(tot[2].item(), 1),
+                        "train_acc": tot[1].item() / max(tot[2].item(), 1),
+                        "eps": eps_at(step - 1) if step and cfg.method != "nominal" else 0.0,
+                        "kappa": (kappa_at(step - 1) if step else 1.0) if cfg.loss == "ibp_paper" else None, "lr": lr, "steps": step,
+                        "time_s": time.perf_counter() - t0, "processes": world})
+        if rank == 0:
+            state = {"format": "etbkernels-train-1", "config": cfg.to_dict(), "epoch": epoch + 1, "step": step,
+                     "model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": _sched_to_plain(sched.state_dict()),
+                     "rng": {"torch": torch.get_rng_state()}, "history": history}
+            save_checkpoint(state, ckpt_path)
+            _write_json_atomic(out / "train_log.json", {"config": cfg.to_dict(), "history": history})
+            log(f"epoch {epoch + 1}: loss {history[-1]['loss']:.4f}, train acc {100 * history[-1]['train_acc']:.2f}%, "
+                f"{history[-1]['time_s']:.1f} s -> {ckpt_path}")
+        if world > 1:
+            dist.barrier()
+    if rank == 0:
+        log(format_history(history))
+    return history
+
+
+def _kept_message(path: Path, epoch: int) -> str:
+    if path.exists():
+        return f"The last good checkpoint ({path}, after epoch {epoch}) is intact."
+    return "No checkpoint had been written yet."
+
+
+def _sched_to_plain(sd: Dict) -> Dict:
+    """MultiStepLR keeps milestones in a Counter, which weights_only loading refuses: store a dict."""
+    return {k: (dict(v) if k == "milestones" else v) for k, v in sd.items()}
+
+
+def _sched_from_plain(sd: Dict) -> Dict:
+    from collections import Counter
+    return {k: (Counter(v) if k == "milestones" else v) for k, v in sd.items()}
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)

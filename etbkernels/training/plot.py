@@ -1,0 +1,63 @@
+"""Robustness-accuracy trade-off: clean vs PGD accuracy per training method and eps."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Iterable, List, Union
+
+MARKERS = {"nominal": "o", "ibp": "s", "etb": "^"}
+
+
+def collect_results(paths: Iterable[Union[str, Path]]) -> List[Dict]:
+    """Evaluation results from JSON files, or from every ``eval*.json`` in the given folders (recursive)."""
+    files: List[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(p.rglob("eval*.json"))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    results = []
+    for f in files:
+        try:
+            r = json.loads(f.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{f}: not valid JSON: {e}") from None
+        if not isinstance(r, dict) or not {"clean_acc", "pgd_acc", "method", "eps"} <= r.keys():
+            raise ValueError(f"{f}: not an etbkernels evaluation result (needs clean_acc, pgd_acc, method, eps)")
+        r["_file"] = str(f)
+        results.append(r)
+    if not results:
+        raise ValueError("no evaluation results found (expected eval*.json files from `python -m etbkernels eval`)")
+    return results
+
+
+def plot_tradeoff(results: List[Dict], out: Union[str, Path], *, title: str = "") -> Path:
+    """Scatter of clean accuracy (x) vs PGD accuracy (y): one marker per method, labelled with eps."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    by_method: Dict[str, List[Dict]] = {}
+    for r in results:
+        by_method.setdefault(r["method"], []).append(r)
+    for method, rs in sorted(by_method.items()):
+        rs = sorted(rs, key=lambda r: r["eps"])
+        xs, ys = [100 * r["clean_acc"] for r in rs], [100 * r["pgd_acc"] for r in rs]
+        ax.plot(xs, ys, marker=MARKERS.get(method, "x"), linestyle="", markersize=8, label=method)
+        for r, xv, yv in zip(rs, xs, ys):
+            lab = f"train {r.get('train_eps', 0):g} / eval {r['eps']:g}"
+            ax.annotate(lab, (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("clean accuracy (%)")
+    ax.set_ylabel("PGD accuracy (%) at the eval eps")
+    ax.set_title(title or "robustness-accuracy trade-off")
+    ax.grid(alpha=0.3)
+    ax.legend(title="trained with")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
