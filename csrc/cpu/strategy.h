@@ -41,10 +41,14 @@ inline int64_t tile_rows(int64_t m, int64_t n, size_t elem_size) {
   return std::min(rows, m);
 }
 
-// Samples per stacked tile: enough to fill about `tile_rows` rows, at least one.
+// Samples per stacked tile: about 4 tiles' worth of rows (a taller matmul amortizes BLAS's
+// packing of W1 better than an L2-sized tile; measured in bench/), at least one sample, and
+// at most N / threads so that every thread gets a group.
 inline int64_t stacked_group(int64_t m, int64_t n, size_t elem_size, int64_t N) {
-  const int64_t rows = tile_rows(std::max<int64_t>(m, 1) * std::max<int64_t>(N, 1), n, elem_size);
-  return std::max<int64_t>(1, std::min<int64_t>(N, rows / std::max<int64_t>(m, 1)));
+  const int64_t mm = std::max<int64_t>(m, 1), NN = std::max<int64_t>(N, 1);
+  const int64_t rows = 4 * tile_rows(mm * NN, n, elem_size);
+  const int64_t per_thread = (NN + at::get_num_threads() - 1) / at::get_num_threads();
+  return std::max<int64_t>(1, std::min<int64_t>(per_thread, rows / mm));
 }
 
 // at::parallel_for over [begin, end) in tasks of >= 1 item, with autograd kept out of the ATen
