@@ -137,7 +137,7 @@ def plot(result, path: Path):
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(10.5, 4))
     width = 0.16
     for i, name in enumerate(METHODS):
         xs, ys = [], []
@@ -152,7 +152,7 @@ def plot(result, path: Path):
     ax.set_ylabel("time / same-flops matmul")
     ax.set_xlabel("N, n, h, m")
     ax.set_title("etbkernels block ops on CPU (lower is better)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -171,7 +171,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     shapes = QUICK_SHAPES if args.quick else DEFAULT_SHAPES
     rows = run(shapes, args.repeats)
-    result = {"command": "python -m bench.bench_block " + " ".join(argv),
+    result = {"command": " ".join(["python -m bench.bench_block", *argv]),
               "machine": f"{platform.machine()} {os.cpu_count()} cores", "torch": torch.__version__,
               "threads": torch.get_num_threads(), "repeats": args.repeats, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
