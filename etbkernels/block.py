@@ -20,7 +20,9 @@ CENTER_AT = ("linear", "output")
 
 
 def _prepare(op: str, center, radius, named: dict):
-    """Validates types, promotes low precision to float32, lifts 1-D input to a batch of one."""
+    """Validates types and devices, promotes low precision to float32, lifts 1-D input to a batch of one.
+
+    Returns (center, radius broadcast to center, the named tensors, whether to squeeze the result)."""
     if not isinstance(center, Tensor):
         raise TypeError(f"{op}: center must be a torch.Tensor, got {type(center).__name__}")
     if not center.is_floating_point():
@@ -64,11 +66,10 @@ def _prepare(op: str, center, radius, named: dict):
     squeeze = center.dim() == 1
     if squeeze:
         center, radius = center.unsqueeze(0), radius.unsqueeze(0)
-    low = center.dtype in _LOW_PRECISION
-    if low:  # float32 accumulation; results are cast back to the input dtype
+    if center.dtype in _LOW_PRECISION:  # float32 accumulation; results are cast back to the input dtype
         center, radius = center.float(), radius.float()
         named = {k: (None if v is None else v.float()) for k, v in named.items()}
-    return center, radius, named, squeeze, low
+    return center, radius, named, squeeze
 
 
 def _finish(center: Tensor, radius: Tensor, squeeze: bool, dtype) -> Bounds:
@@ -117,7 +118,7 @@ def etb_block(center: Tensor, radius: Union[Tensor, float], w1: Tensor, b1: Opti
     if center_at not in CENTER_AT:
         raise ValueError(f"etb_block: center_at must be one of {CENTER_AT}, got {center_at!r}")
     dtype = center.dtype if isinstance(center, Tensor) else None
-    c, r, t, squeeze, _ = _prepare("etb_block", center, radius, {"w1": w1, "b1": b1, "w2": w2, "b2": b2})
+    c, r, t, squeeze = _prepare("etb_block", center, radius, {"w1": w1, "b1": b1, "w2": w2, "b2": b2})
     if mask is not None:
         if not isinstance(mask, Tensor):
             raise TypeError(f"etb_block: mask must be a torch.Tensor or None, got {type(mask).__name__}")
@@ -138,6 +139,6 @@ def ibp_block(center: Tensor, radius: Union[Tensor, float], w1: Tensor, b1: Opti
     float64 when that last ulp matters).
     """
     dtype = center.dtype if isinstance(center, Tensor) else None
-    c, r, t, squeeze, _ = _prepare("ibp_block", center, radius, {"w1": w1, "b1": b1, "w2": w2, "b2": b2})
+    c, r, t, squeeze = _prepare("ibp_block", center, radius, {"w1": w1, "b1": b1, "w2": w2, "b2": b2})
     out_c, out_r = ops.ibp_block(c, r, t["w1"], t["b1"], t["w2"], t["b2"])
     return _finish(out_c, out_r, squeeze, dtype)

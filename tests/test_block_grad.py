@@ -8,7 +8,7 @@ from etbkernels import reference as R
 from etbkernels.testing import devices, random_block
 
 
-def _leaves(blk, bias=True):
+def _leaves(blk):
     names = ["center", "radius", "w1", "b1", "w2", "b2"]
     vals = [t.detach().clone().requires_grad_(True) if t is not None else None for t in blk.args()]
     return dict(zip(names, vals))

@@ -151,7 +151,6 @@ def test_empty_batch_and_zero_width_layers():
 def test_low_precision_within_2x_of_torch_error(low, fn, ref):
     """float16/bfloat16 in, float32 accumulation, result in the input dtype: its error against a
     float64 reference is at most ~2x PyTorch's own error computing the reference in that dtype."""
-    blk64 = random_block(16, 64, 96, 32, eps=0.1, seed=3)
     blk_low = random_block(16, 64, 96, 32, dtype=low, eps=0.1, seed=3)
     blk_from_low = [t.double() if t is not None else None for t in blk_low.args()]
     mask = R.etb_mask_ref(*blk_from_low[:4]) if fn is E.etb_block else None
@@ -164,8 +163,6 @@ def test_low_precision_within_2x_of_torch_error(low, fn, ref):
         err_ours = (getattr(ours, field).double() - getattr(exact, field)).abs().max()
         err_torch = (getattr(theirs, field).double() - getattr(exact, field)).abs().max()
         assert err_ours <= 2 * err_torch + 1e-3, (field, err_ours.item(), err_torch.item())
-    # blk64 keeps the generator in step with the float64 draw used elsewhere.
-    assert blk64.center.dtype == torch.float64
 
 
 def test_nan_and_inf_inputs():
