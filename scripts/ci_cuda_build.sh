@@ -42,8 +42,8 @@ FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JO
 # 3. the built module imports and registers the CUDA kernels: imported from a scratch copy of the
 #    package, so the source tree (and any CPU build's in-place module) is left as it was
 LIB=$(ls build/ci-cuda/lib/etbkernels/_C*.so | head -n 1)
-mkdir "$SCRATCH/etbkernels"
-cp etbkernels/*.py "$SCRATCH/etbkernels/"
+cp -r etbkernels "$SCRATCH/etbkernels"  # the whole package, subpackages included
+find "$SCRATCH/etbkernels" \( -name '_C*.so' -o -name __pycache__ \) -prune -exec rm -rf {} +
 cp "$LIB" "$SCRATCH/etbkernels/"
 (cd "$SCRATCH" && "$PY" - <<'PYEOF'
 import torch
