@@ -27,8 +27,10 @@ def pgd_output_range(fn: Callable[[Tensor], Tensor], lower_in: Tensor, upper_in:
     with torch.no_grad():
         m = fn(((lower_in + upper_in) / 2)[:1]).shape[-1]
     g = torch.Generator(device="cpu").manual_seed(seed)
-    lo = lower_in.unsqueeze(0).expand(2 * m, *lower_in.shape).reshape(2 * m * N, *lower_in.shape[1:])
-    hi = upper_in.unsqueeze(0).expand_as(lo.view(2 * m, *lower_in.shape)).reshape_as(lo)
+    def per_direction(t: Tensor) -> Tensor:  # one copy of the box per (output, direction)
+        return t.unsqueeze(0).expand(2 * m, *t.shape).reshape(2 * m * N, *t.shape[1:])
+
+    lo, hi = per_direction(lower_in), per_direction(upper_in)
     # Direction d < m maximizes output d; d >= m minimizes output d - m.
     sign = torch.cat([torch.ones(m), -torch.ones(m)]).to(lower_in)
     which = torch.arange(2 * m) % m

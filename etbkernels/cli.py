@@ -6,9 +6,7 @@ eps is always in pixel units [0, 1] (the models start with their Normalize layer
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -142,6 +140,7 @@ def _train(a) -> int:
 def _eval(a) -> int:
     import torch
 
+    from .training.checkpoint import write_json_atomic
     from .training.evaluate import evaluate, markdown_table
 
     if a.threads:
@@ -157,9 +156,7 @@ def _eval(a) -> int:
                      violation_restarts=a.violation_restarts, data_dir=a.data_dir, device=a.device, seed=a.seed,
                      show_progress=not a.no_progress)
         path = out / f"eval_eps{r['eps']:g}.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(r, indent=1))
-        os.replace(tmp, path)
+        write_json_atomic(path, r)
         results.append(r)
         print(f"wrote {path}")
     table = markdown_table(results)

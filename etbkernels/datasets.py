@@ -29,6 +29,10 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle asked for a callable outside :attr:`SafeUnpickler.ALLOWED`; nothing of it ran."""
+
+
 class SafeUnpickler(pickle.Unpickler):
     """Unpickler that only rebuilds numpy arrays (and builtin containers, which need no lookup)."""
 
@@ -42,8 +46,8 @@ class SafeUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: this file should only hold numpy "
-                                     "arrays, lists, dicts, strings and numbers")
+        raise UnsafePickleError(f"refusing to load {module}.{name}: this file should only hold numpy "
+                                "arrays, lists, dicts, strings and numbers")
 
 
 def safe_pickle_load(path: Union[str, Path], *, encoding: str = "latin1"):
@@ -53,9 +57,9 @@ def safe_pickle_load(path: Union[str, Path], *, encoding: str = "latin1"):
     try:
         with opener(path, "rb") as f:
             return SafeUnpickler(f, encoding=encoding).load()
+    except UnsafePickleError:
+        raise
     except (EOFError, gzip.BadGzipFile, pickle.UnpicklingError, ValueError, struct.error) as e:
-        if isinstance(e, pickle.UnpicklingError) and "refusing" in str(e):
-            raise
         raise ValueError(f"{path}: not a readable pickle (truncated or corrupted?): {e}") from None
 
 

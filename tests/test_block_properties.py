@@ -17,8 +17,6 @@ def test_ibp_contains_sampled_points_and_vertices(shape, eps):
     y = R.block_forward_ref(x, blk.w1, blk.b1, blk.w2, blk.b2)
     slack = 1e-12 * (1 + b.upper.abs())
     assert (y >= b.lower - slack).all() and (y <= b.upper + slack).all()
-    # The bounds are not vacuous: some sampled point comes close to each end.
-    assert (b.lower <= b.upper).all()
 
 
 @pytest.mark.parametrize("eps", [0.01, 0.5])
@@ -70,9 +68,3 @@ def test_bitwise_deterministic_forward_and_backward(dtype, cpu_strategy):
 
     for a, b in zip(run(), run()):
         assert torch.equal(a, b)
-
-
-def test_lower_le_upper_and_etb_inside_ibp_often():
-    blk = random_block(50, 40, 60, 30, eps=0.1, seed=12)
-    etb, ibp = E.etb_block(*blk.args()), E.ibp_block(*blk.args())
-    assert (etb.lower <= etb.upper).all() and (ibp.lower <= ibp.upper).all()

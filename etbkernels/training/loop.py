@@ -8,7 +8,6 @@ RNG state, epoch, step and the per-epoch history; ``resume=True`` continues from
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -23,7 +22,7 @@ from torch import Tensor, nn
 from .._progress import progress
 from ..losses import LinearRamp
 from ..nn import BoundedModel
-from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_json_atomic
 from .data import DATASETS, MODELS, build_model, load_dataset
 
 METHODS = ("nominal", "ibp", "etb")
@@ -278,7 +277,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
                      "scheduler": _sched_to_plain(sched.state_dict()),
                      "rng": {"torch": torch.get_rng_state()}, "history": history}
             save_checkpoint(state, ckpt_path)
-            _write_json_atomic(out / "train_log.json", {"config": cfg.to_dict(), "history": history})
+            write_json_atomic(out / "train_log.json", {"config": cfg.to_dict(), "history": history})
             log(f"epoch {epoch + 1}: loss {history[-1]['loss']:.4f}, train acc {100 * history[-1]['train_acc']:.2f}%, "
                 f"{history[-1]['time_s']:.1f} s -> {ckpt_path}")
         if world > 1:
@@ -302,9 +301,3 @@ def _sched_to_plain(sd: Dict) -> Dict:
 def _sched_from_plain(sd: Dict) -> Dict:
     from collections import Counter
     return {k: (Counter(v) if k == "milestones" else v) for k, v in sd.items()}
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
