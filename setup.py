@@ -2,15 +2,38 @@
 
 The switch: FORCE_CUDA=1 forces the CUDA build (for compile checks on machines without a GPU),
 FORCE_CPU=1 forces the CPU build; otherwise CUDA is built when torch has CUDA and nvcc is found.
+A C++ compiler that is a newer GCC than torch's is swapped for a GCC of torch's version where
+one is installed (tools/compiler_choice.py says why; ETBK_KEEP_CXX=1 keeps it).
 """
 import glob
+import importlib.util
 import os
+import sys
 
 import torch
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _use_torch_compatible_compiler():
+    spec = importlib.util.spec_from_file_location("compiler_choice", os.path.join(HERE, "tools", "compiler_choice.py"))
+    cc_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cc_mod)
+    if os.environ.get("ETBK_KEEP_CXX", "0") == "1":
+        return
+    want = cc_mod.torch_gcc_major(torch.__config__.show())
+    cxx, cc, message = cc_mod.choose_compiler(os.environ.get("CXX", "c++"), want)
+    if message:
+        print(message, file=sys.stderr)
+    if cxx:
+        os.environ["CXX"] = cxx
+        if cc:
+            os.environ["CC"] = cc  # also nvcc's host compiler (-ccbin) and the linker driver
+
+
+_use_torch_compatible_compiler()
 
 
 def _want_cuda() -> bool:

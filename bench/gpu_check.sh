@@ -30,6 +30,9 @@ SUMMARY=()
 step() {
   local name=$1 limit=$2; shift 2
   local now left t1 rc
+  if [[ " ${GPU_CHECK_SKIP:-} " == *" $name "* ]]; then  # GPU_CHECK_SKIP="tests_rest initcheck" skips steps
+    SUMMARY+=("$(printf '%-12s %-8s %6s  %s' "$name" SKIPPED - "GPU_CHECK_SKIP")"); return 0
+  fi
   now=$(date +%s); left=$((BUDGET - (now - T0)))
   if [ "$left" -lt 10 ]; then
     SUMMARY+=("$(printf '%-12s %-8s %6s  %s' "$name" SKIPPED - "out of time budget")"); return 0
@@ -69,10 +72,13 @@ $PY -c "import etbkernels; assert etbkernels.has_cuda_kernels(), 'no CUDA kernel
   | tee -a "$LOGDIR/build.log"
 
 # 2. registers / spills per kernel (the .cu is torch-free: ~15 s)
-step ptxas 40 $PY bench/ptxas_report.py --arch sm_90
+[ "${GPU_CHECK_SKIP_PTXAS:-0}" = 1 ] || step ptxas 40 $PY bench/ptxas_report.py --arch sm_90
 
 # 3. CUDA tests (the 2^31-element test too)
-step tests 150 env ETBK_TEST_HUGE=1 $PY -m pytest -q --maxfail=25 --durations=5 -p no:cacheprovider tests/test_cuda_block.py
+# pytest-xdist where installed: a test that crashes its worker is reported and the rest still run.
+XDIST=""
+$PY -c "import xdist" 2>/dev/null && XDIST="-n 3"
+step tests 150 env ETBK_TEST_HUGE=1 $PY -m pytest -q $XDIST --maxfail=25 --durations=5 -p no:cacheprovider tests/test_cuda_block.py
 # 4. benchmarks (before the slower, optional steps so the table is never skipped for time)
 step bench 100 $PY bench/bench_cuda.py --reps 6
 
@@ -88,7 +94,13 @@ export PYTORCH_NO_CUDA_MEMORY_CACHING=1
 step synccheck 45 "$SAN" --tool synccheck --error-exitcode 3 $PY bench/sanitize_case.py
 unset PYTORCH_NO_CUDA_MEMORY_CACHING
 
-# 6. (optional, last: may flag cuBLAS internals) initcheck
+# 6. (optional, last) Nsight Compute on one TF32 forward: throughput, occupancy, bank conflicts
+NCU=$(command -v ncu || echo "$CUDA_HOME/bin/ncu")
+step ncu 45 "$NCU" --kernel-name regex:radius_fwd_mma --launch-skip 1 --launch-count 1 \
+  --section SpeedOfLight --section Occupancy --section WarpStateStats --section InstructionStats \
+  $PY bench/ncu_case.py --shape 256,784,1024,1024 --precision high
+
+# 7. (optional, last: may flag cuBLAS internals) initcheck
 export PYTORCH_NO_CUDA_MEMORY_CACHING=1
 step initcheck 40 "$SAN" --tool initcheck --error-exitcode 3 $PY bench/sanitize_case.py
 unset PYTORCH_NO_CUDA_MEMORY_CACHING
@@ -105,7 +117,10 @@ BENCH_MD=$(ls -t "$RES"/gpu_*.md 2>/dev/null | head -n 1)
   if [ -n "$BENCH_MD" ] && [ "$BENCH_MD" -nt "$LOGDIR/env.log" ]; then cat "$BENCH_MD"; else echo "(no benchmark table this run)"; fi
 } | tee "$LOGDIR/summary.txt"
 
+# $OUT (the lent machine's result folder) takes few files: the summary, the bench table and one
+# archive of all logs.
 if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
-  cp -r "$LOGDIR" "$OUT/" 2>/dev/null
+  cp "$LOGDIR/summary.txt" "$OUT/" 2>/dev/null
+  tar -czf "$OUT/gpu_check_logs.tgz" -C "$RES" "$(basename "$LOGDIR")" 2>/dev/null
   [ -n "$BENCH_MD" ] && cp "$BENCH_MD" "${BENCH_MD%.md}.json" "$OUT/" 2>/dev/null
 fi

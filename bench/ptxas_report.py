@@ -52,7 +52,7 @@ def main():
             cur["regs"] = m.group(1)
             s = re.search(r"(\d+) bytes smem", line)
             cur["smem"] = s.group(1) if s else "0"
-    print(f"ptxas ({args.arch}): registers per thread, static smem (dynamic smem: 69632 B mma, 33792 B ffma f32, "
+    print(f"ptxas ({args.arch}): registers per thread, static smem (dynamic smem: 104448 B mma tf32, 101376 B mma bf16, 33792 B ffma f32, "
           f"33792 B ffma f64), spills")
     for r in rows:
         print(f"  {r['name']:<58s} regs {r['regs']:>3s}  smem {r['smem']:>4s} B  {r['spill']}")

@@ -67,10 +67,20 @@ def rnd_bf16(x):
     return np.array(i.astype(np.uint32)).view(np.float32)[()]
 
 
+def frag_row(a, g, hlf):
+    """Row (within the warp's 64) feeding mma tile a's fragment row g + 8 * hlf (as the kernel)."""
+    return (a >> 1) * 32 + 4 * g + 2 * (a & 1) + hlf
+
+
+def frag_col(c, q):
+    """Column (within the warp's 32) feeding mma tile c's fragment column q (as the kernel)."""
+    return 4 * q + c
+
+
 def mma_kernel_cta(b, by, w1, w2t, idx, cnt_all, r, out, n, h, m, bf16, V):
-    BM, BN, BK, WM, WN = 128, 128, 32, 64, 32
+    BM, BN, BK, WM, WN, S = 128, 128, 32, 64, 32, 3
     MT, NT, WARPS_N = WM // 16, WN // 8, BN // WN
-    LDA, LDB = BM + 8, BN + 8
+    LDA = LDB = BM + (4 if bf16 else 8)
     j0 = by * BM
     cnt = cnt_all[b]
     if cnt == 0:
@@ -82,40 +92,60 @@ def mma_kernel_cta(b, by, w1, w2t, idx, cnt_all, r, out, n, h, m, bf16, V):
     KT = (cnt + BK - 1) // BK
     NKT = (n + BN - 1) // BN
     steps = KT * NKT
-    As = [np.full(BK * LDA, np.nan, np.float32) for _ in range(2)]
-    Bs = [np.full(BK * LDB, np.nan, np.float32) for _ in range(2)]
+    As = [np.full(BK * LDA, np.nan, np.float32) for _ in range(S)]
+    Bs = [np.full(BK * LDB, np.nan, np.float32) for _ in range(S)]
+    tag = [None] * S  # which pipeline step each slot holds
     acc = np.zeros((8, 32, MT, NT, 4), np.float32)
     rowsum = np.zeros((8, 32, MT, 2), np.float32)
-    written = [{"A": set(), "B": set()}, {"A": set(), "B": set()}]
-    load_stage(As[0], Bs[0], w1, w2t, idx_row, cnt, 0, j0, 0, n, m, BM, BN, BK, LDA, LDB, V, written[0])
+
+    def issue(s):
+        slot = s % S
+        As[slot][:] = np.nan
+        Bs[slot][:] = np.nan
+        load_stage(As[slot], Bs[slot], w1, w2t, idx_row, cnt, (s % KT) * BK, j0, (s // KT) * BN, n, m, BM, BN, BK,
+                   LDA, LDB, V, {"A": set(), "B": set()})
+        tag[slot] = s
+
+    for s in range(S - 1):
+        if s < steps:
+            issue(s)
     for step in range(steps):
-        st = step & 1
-        if step + 1 < steps:
-            nx = step + 1
-            kt, it = nx // KT, nx % KT
-            written[st ^ 1] = {"A": set(), "B": set()}
-            load_stage(As[st ^ 1], Bs[st ^ 1], w1, w2t, idx_row, cnt, it * BK, j0, kt * BN, n, m, BM, BN, BK,
-                       LDA, LDB, V, written[st ^ 1])
-        A_s, B_s = As[st], Bs[st]
+        # (wait + __syncthreads) then refill the slot of step - 1, then compute step
+        if step + S - 1 < steps:
+            assert (step + S - 1) % S != step % S
+            issue(step + S - 1)
+        assert tag[step % S] == step, "computing a slot that does not hold this step"
+        A_s, B_s = As[step % S], Bs[step % S]
         for warp in range(8):
             warp_m, warp_n = warp // WARPS_N, warp % WARPS_N
             wm0, wn0 = warp_m * WM, warp_n * WN
+            # each lane's 128-bit loads: As[k * LDA + wm0 + 4g + {0..3}] (+ 32), Bs[k * LDB + wn0 + 4g + {0..3}]
+            def lda4(k, g, off):
+                base = k * LDA + wm0 + 4 * g + off
+                return A_s[base:base + 4]
+
+            def ldb4(k, g):
+                base = k * LDB + wn0 + 4 * g
+                return B_s[base:base + 4]
+
             if not bf16:
                 for kk in range(0, BK, 8):
                     for a, c in itertools.product(range(MT), range(NT)):
-                        # gather each lane's registers exactly as the kernel does
                         Am = np.zeros((16, 8), np.float32)
                         Bm = np.zeros((8, 8), np.float32)
                         for lane in range(32):
                             g, t4 = lane >> 2, lane & 3
-                            row = wm0 + a * 16 + g
-                            col = wn0 + c * 8 + g
-                            regs = [A_s[(kk + t4) * LDA + row], A_s[(kk + t4) * LDA + row + 8],
-                                    A_s[(kk + t4 + 4) * LDA + row], A_s[(kk + t4 + 4) * LDA + row + 8]]
-                            breg = [B_s[(kk + t4) * LDB + col], B_s[(kk + t4 + 4) * LDB + col]]
+                            off, q = (0 if a < 2 else 32), 2 * (a & 1)
+                            x0, x1 = lda4(kk + t4, g, off), lda4(kk + t4 + 4, g, off)
                             # PTX m16n8k8 tf32 layouts: a0 (g,t) a1 (g+8,t) a2 (g,t+4) a3 (g+8,t+4); b0 (t,g) b1 (t+4,g)
-                            Am[g, t4], Am[g + 8, t4], Am[g, t4 + 4], Am[g + 8, t4 + 4] = [rnd_tf32(x) for x in regs]
-                            Bm[t4, g], Bm[t4 + 4, g] = [rnd_tf32(x) for x in breg]
+                            Am[g, t4], Am[g + 8, t4], Am[g, t4 + 4], Am[g + 8, t4 + 4] = x0[q], x0[q + 1], x1[q], x1[q + 1]
+                            Bm[t4, g], Bm[t4 + 4, g] = ldb4(kk + t4, g)[c], ldb4(kk + t4 + 4, g)[c]
+                        # the fragments must hold exactly the elements the permutation says
+                        for gg, hlf in itertools.product(range(8), range(2)):
+                            srow = wm0 + frag_row(a, gg, hlf)
+                            for t in range(8):
+                                v = A_s[(kk + t) * LDA + srow]
+                                assert Am[gg + 8 * hlf, t] == v or (np.isnan(v) and np.isnan(Am[gg + 8 * hlf, t]))
                         Cm = Am.astype(np.float64) @ Bm.astype(np.float64)
                         for lane in range(32):
                             g, t4 = lane >> 2, lane & 3
@@ -128,21 +158,18 @@ def mma_kernel_cta(b, by, w1, w2t, idx, cnt_all, r, out, n, h, m, bf16, V):
                         Bm = np.zeros((16, 8), np.float32)
                         for lane in range(32):
                             g, t4 = lane >> 2, lane & 3
-                            k_lo, k_hi = kk + 2 * t4, kk + 2 * t4 + 8
-                            row = wm0 + a * 16 + g
-                            col = wn0 + c * 8 + g
-                            regs = [(A_s[k_lo * LDA + row], A_s[(k_lo + 1) * LDA + row]),
-                                    (A_s[k_lo * LDA + row + 8], A_s[(k_lo + 1) * LDA + row + 8]),
-                                    (A_s[k_hi * LDA + row], A_s[(k_hi + 1) * LDA + row]),
-                                    (A_s[k_hi * LDA + row + 8], A_s[(k_hi + 1) * LDA + row + 8])]
-                            breg = [(B_s[k_lo * LDB + col], B_s[(k_lo + 1) * LDB + col]),
-                                    (B_s[k_hi * LDB + col], B_s[(k_hi + 1) * LDB + col])]
+                            kl = kk + 2 * t4
+                            ks = [kl, kl + 1, kl + 8, kl + 9]
+                            off, q = (0 if a < 2 else 32), 2 * (a & 1)
+                            x = [lda4(k, g, off) for k in ks]
+                            bv = [ldb4(k, g) for k in ks]
                             # PTX m16n8k16 bf16: reg0 (g, 2t..2t+1) reg1 (g+8, 2t..) reg2 (g, 2t+8..) reg3 (g+8, 2t+8..)
-                            for ri, (rr, cc) in enumerate([(g, 2 * t4), (g + 8, 2 * t4), (g, 2 * t4 + 8),
-                                                           (g + 8, 2 * t4 + 8)]):
-                                Am[rr, cc], Am[rr, cc + 1] = rnd_bf16(regs[ri][0]), rnd_bf16(regs[ri][1])
-                            for ri, kr in enumerate([2 * t4, 2 * t4 + 8]):
-                                Bm[kr, g], Bm[kr + 1, g] = rnd_bf16(breg[ri][0]), rnd_bf16(breg[ri][1])
+                            Am[g, 2 * t4], Am[g, 2 * t4 + 1] = rnd_bf16(x[0][q]), rnd_bf16(x[1][q])
+                            Am[g + 8, 2 * t4], Am[g + 8, 2 * t4 + 1] = rnd_bf16(x[0][q + 1]), rnd_bf16(x[1][q + 1])
+                            Am[g, 2 * t4 + 8], Am[g, 2 * t4 + 9] = rnd_bf16(x[2][q]), rnd_bf16(x[3][q])
+                            Am[g + 8, 2 * t4 + 8], Am[g + 8, 2 * t4 + 9] = rnd_bf16(x[2][q + 1]), rnd_bf16(x[3][q + 1])
+                            Bm[2 * t4, g], Bm[2 * t4 + 1, g] = rnd_bf16(bv[0][c]), rnd_bf16(bv[1][c])
+                            Bm[2 * t4 + 8, g], Bm[2 * t4 + 9, g] = rnd_bf16(bv[2][c]), rnd_bf16(bv[3][c])
                         Cm = Am.astype(np.float64) @ Bm.astype(np.float64)
                         for lane in range(32):
                             g, t4 = lane >> 2, lane & 3
@@ -154,7 +181,7 @@ def mma_kernel_cta(b, by, w1, w2t, idx, cnt_all, r, out, n, h, m, bf16, V):
                 g, t4 = lane >> 2, lane & 3
                 wn0 = (warp % WARPS_N) * WN
                 for c, e in itertools.product(range(NT), range(2)):
-                    k = k0 + wn0 + c * 8 + 2 * t4 + e
+                    k = k0 + wn0 + frag_col(c, 2 * t4 + e)
                     if k < n:
                         rk = r[b, k]
                         for a in range(MT):
@@ -172,7 +199,7 @@ def mma_kernel_cta(b, by, w1, w2t, idx, cnt_all, r, out, n, h, m, bf16, V):
             for lane in range(32):
                 g, t4 = lane >> 2, lane & 3
                 if t4 == 0:
-                    red[warp_n, wm0 + a * 16 + g + 8 * hlf] = v[lane]
+                    red[warp_n, wm0 + frag_row(a, g, hlf)] = v[lane]
     assert not np.isnan(red).any(), "reduction buffer not fully written"
     for row in range(BM):
         v = np.float32(0)
@@ -254,9 +281,13 @@ def run_case(N, n, h, m, path, V, seed=0, dtype=np.float32):
             for by in range((m + BM - 1) // BM):
                 ffma_kernel_cta(b, by, w1, w2t, idx, cnt, r, out, n, h, m, dtype, BM, BN, BK, V)
     else:
+        w1k, w2tk = w1, w2t
+        if path == "tf32":  # the host rounds both operands once (round_to_tf32); the kernel reads the bits
+            w1k = np.vectorize(rnd_tf32, otypes=[np.float32])(w1)
+            w2tk = np.vectorize(rnd_tf32, otypes=[np.float32])(w2t)
         for b in range(N):
             for by in range((m + 127) // 128):
-                mma_kernel_cta(b, by, w1, w2t, idx, cnt, r, out, n, h, m, path == "bf16", V)
+                mma_kernel_cta(b, by, w1k, w2tk, idx, cnt, r, out, n, h, m, path == "bf16", V)
     P = (w2.astype(np.float64)[None] * s.astype(np.float64)[:, None, :]) @ w1.astype(np.float64)
     ref = (np.abs(P) * r.astype(np.float64)[:, None, :]).sum(-1)
     assert not np.isnan(out).any(), "unwritten outputs"

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.slow
 FWD_CASES = [
     (3, 130, 37, 131, "tf32", 1, np.float32),
     (2, 132, 40, 132, "tf32", 4, np.float32),
+    (2, 133, 75, 5, "tf32", 1, np.float32),    # 2 x 2 pipeline steps: every slot of the 3 stages refilled
     (3, 130, 37, 131, "bf16", 1, np.float32),
+    (2, 136, 75, 8, "bf16", 4, np.float32),
     (2, 132, 33, 4, "bf16", 4, np.float32),
     (3, 130, 19, 131, "ffma", 1, np.float32),
     (2, 132, 17, 136, "ffma", 4, np.float32),

@@ -2,6 +2,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+
 #include "cpu/active_rows.h"
 #include "cpu/etb_radius_cpu.h"
 #include "cpu/strategy.h"
@@ -66,9 +68,15 @@ void fwd_stacked(const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& s
       at::Tensor tile = tile_buf.narrow(0, 0, rows);
       at::mm_out(tile, a_buf.narrow(0, 0, rows), w1);  // rows (b, j) of P_b
       const scalar_t* p = tile.const_data_ptr<scalar_t>();
-      for (int64_t b = 0; b < count; ++b)
-        for (int64_t j = 0; j < m; ++j)
-          out_ptr[(b0 + b) * m + j] = abs_dot(p + (b * m + j) * n, r_ptr + (b0 + b) * n, n);
+      for (int64_t b = 0; b < count; ++b) {
+        scalar_t* out_row = out_ptr + (b0 + b) * m;
+        const scalar_t* srow = s_ptr + (b0 + b) * h;
+        if (std::all_of(srow, srow + h, [](scalar_t v) { return v == scalar_t(0); })) {
+          std::fill(out_row, out_row + m, scalar_t(0));  // P = 0, as in fwd_gathered (no 0 * inf)
+          continue;
+        }
+        for (int64_t j = 0; j < m; ++j) out_row[j] = abs_dot(p + (b * m + j) * n, r_ptr + (b0 + b) * n, n);
+      }
     }
   });
 }

@@ -89,11 +89,19 @@ void radius_fwd_cuda(const at::Tensor& w1, const at::Tensor& w2, const at::Tenso
   const at::Tensor S = s.contiguous();
   at::Tensor idx, count;
   compact(S, idx, nullptr, count);
-  const at::Tensor w2t = w2.t().contiguous();  // (h, m): rows of active units are contiguous in j
   const at::Tensor rc = r.contiguous();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(w1.device().index());
+  // w2t (h, m): rows of active units are contiguous in j. The TF32 kernel reads its operands'
+  // bits as TF32, so that path rounds fresh copies of both (never the caller's tensors) once here.
+  const bool tf32 = path == RadiusPath::kTF32;
+  at::Tensor w2t = tf32 ? w2.t().clone(at::MemoryFormat::Contiguous) : w2.t().contiguous();
+  at::Tensor w1k = tf32 ? w1.clone(at::MemoryFormat::Contiguous) : w1;
+  if (tf32) {
+    check_cuda(round_to_tf32(w1k.data_ptr<float>(), w1k.numel(), stream), "round_to_tf32");
+    check_cuda(round_to_tf32(w2t.data_ptr<float>(), w2t.numel(), stream), "round_to_tf32");
+  }
   AT_DISPATCH_FLOATING_TYPES(w1.scalar_type(), "etb_radius_fwd_cuda", [&] {
-    check_cuda(radius_fwd(w1.const_data_ptr<scalar_t>(), w2t.const_data_ptr<scalar_t>(),
+    check_cuda(radius_fwd(w1k.const_data_ptr<scalar_t>(), w2t.const_data_ptr<scalar_t>(),
                           idx.const_data_ptr<int32_t>(), count.const_data_ptr<int32_t>(),
                           rc.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), N, n, h, m, path, stream),
                "radius_fwd");

@@ -3,8 +3,8 @@
 // Forward: radius[b, j] = sum_k |P_b[j, k]| r[b, k],  P_b = W2 S_b W1 = W2[:, act_b] W1[act_b, :].
 // One CTA owns one sample b and BM consecutive output rows j. It walks the columns k in tiles of
 // BN; for each k-tile it accumulates the (BM x BN) tile of P in registers over the active hidden
-// units of b (BK at a time, staged in shared memory by cp.async, double buffered), then folds
-// |P| * r[k] into per-row partial sums kept in registers. P never reaches global memory. At the
+// units of b (BK at a time, staged in shared memory by cp.async: 2 stages on the FFMA path, 3 on
+// the tensor-core paths), then folds |P| * r[k] into per-row partial sums kept in registers. P never reaches global memory. At the
 // end the row partials are reduced across threads in a fixed order (shuffles, then a fixed
 // loop over shared memory) and written once: no atomics, so results are bitwise reproducible.
 //
@@ -16,7 +16,8 @@
 // Math paths (one kernel template each):
 //   FFMA: fp32 or fp64 exact, TM x TN register micro-tile per thread.
 //   TF32 / BF16: mma.sync.m16n8k8 (tf32) / m16n8k16 (bf16) with fp32 accumulators; operands are
-//   kept in fp32 in shared memory and rounded (round-to-nearest) when loaded into fragments.
+//   kept in fp32 in shared memory. TF32 operands are rounded to nearest once, before the kernel
+//   (round_to_tf32); BF16 ones are rounded to nearest when packed into fragments.
 #include "cuda/etb_radius_kernels.h"
 
 #include <cuda_bf16.h>
@@ -189,13 +190,20 @@ __global__ void __launch_bounds__(kThreads, (V > 1 || sizeof(T) == 8 ? 2 : 1)) r
   load_stage<T, BM, BN, BK, LDA, LDB, V>(stage_a(0), stage_b(0), w1, w2t, idx_row, cnt, 0, j0, 0, n, m);
   cp_async_commit();
 
+  // (column tile, active-unit tile) of the next step to load, and the current column tile's
+  // first column: counters, not 64-bit divisions (hundreds of integer instructions per step).
+  int ld_it = 0, ld_kt = 0, cur_it = 0;
+  int64_t cur_k0 = 0;
   for (int64_t step = 0; step < steps; ++step) {
     const int st = static_cast<int>(step & 1);
     if (step + 1 < steps) {
-      const int64_t nx = step + 1;
-      const int64_t kt = nx / KT, it = nx % KT;
-      load_stage<T, BM, BN, BK, LDA, LDB, V>(stage_a(st ^ 1), stage_b(st ^ 1), w1, w2t, idx_row, cnt, it * BK, j0,
-                                             kt * BN, n, m);
+      if (++ld_it == KT) {
+        ld_it = 0;
+        ++ld_kt;
+      }
+      load_stage<T, BM, BN, BK, LDA, LDB, V>(stage_a(st ^ 1), stage_b(st ^ 1), w1, w2t, idx_row, cnt,
+                                             static_cast<int64_t>(ld_it) * BK, j0,
+                                             static_cast<int64_t>(ld_kt) * BN, n, m);
     }
     cp_async_commit();  // possibly empty group: keeps the group count uniform
     cp_async_wait<1>();
@@ -223,8 +231,10 @@ __global__ void __launch_bounds__(kThreads, (V > 1 || sizeof(T) == 8 ? 2 : 1)) r
     }
     __syncthreads();  // the next iteration's cp.async overwrites this stage
 
-    if (step % KT == KT - 1) {  // P tile of column tile kt complete: epilogue
-      const int64_t k0 = (step / KT) * BN;
+    if (++cur_it == KT) {  // P tile of the column tile complete: epilogue
+      cur_it = 0;
+      const int64_t k0 = cur_k0;
+      cur_k0 += BN;
 #pragma unroll
       for (int c = 0; c < TN; ++c) {
         const int64_t k = k0 + (c < HN ? tx * HN + c : BN / 2 + tx * HN + (c - HN));
@@ -285,18 +295,41 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// Tile 128 x 128 x 32, 8 warps as 2 (rows) x 4 (columns), warp tile 64 x 32 = 4 x 4 mma tiles.
-// Shared memory rows padded by 8 floats: fragment loads As[k][row] with k = t (+4), row = g
-// (+8) hit 32 distinct banks ((8 t + g) mod 32).
+// Tile 128 x 128 x 32, 8 warps as 2 (rows) x 4 (columns), warp tile 64 x 32 = 4 x 4 mma tiles,
+// a 3-stage cp.async pipeline (2 CTAs per SM on the 16-byte loader: 2 x 102 KB of shared memory).
+//
+// Fragment-to-shared-memory permutation: rows j and columns k of the P tile are independent until
+// the epilogue, so which smem row / column feeds which mma fragment element is ours to choose (the
+// epilogue and the reduction use the same map). A thread's 8 fragment rows (4 mma tiles x rows g,
+// g + 8) are two runs of 4 consecutive smem rows and its 4 fragment columns (4 mma tiles, column
+// g) are 4 consecutive smem columns, so every fragment comes from 128-bit shared loads: 6 LDS.128
+// per 16 mma (TF32) instead of 24 scalar loads. The row pitch LD = 128 + 8 words (TF32) or
+// 128 + 4 (BF16) puts the 8 lanes of each quarter-warp vector load on distinct banks.
+// TF32 operands are rounded once on the host side (round_to_tf32), not per fragment.
 struct MmaCfg {
-  static constexpr int BM = 128, BN = 128, BK = 32;
+  static constexpr int BM = 128, BN = 128, BK = 32, kStages = 3;
   static constexpr int WM = 64, WN = 32, MT = WM / 16, NT = WN / 8;
   static constexpr int WARPS_N = BN / WN;
-  static constexpr int LDA = BM + 8, LDB = BN + 8;
-  static constexpr int kStageElems = BK * LDA + BK * LDB;
-  static constexpr size_t kSmemBytes = 2 * kStageElems * sizeof(float);
   static_assert((BM / WM) * (BN / WN) * 32 == kThreads, "warp layout");
+  static_assert(MT == 4 && NT == 4, "the fragment permutation below assumes 4 x 4 mma tiles per warp");
 };
+template <bool kBF16>
+struct MmaLayout {
+  static constexpr int LDA = MmaCfg::BM + (kBF16 ? 4 : 8), LDB = MmaCfg::BN + (kBF16 ? 4 : 8);
+  static constexpr int kStageElems = MmaCfg::BK * LDA + MmaCfg::BK * LDB;
+  static constexpr size_t kSmemBytes = MmaCfg::kStages * kStageElems * sizeof(float);
+};
+
+// Row (within the warp's 64) of mma tile a's fragment row g + 8 * hlf: tiles 0, 1 use rows
+// 4g..4g+3, tiles 2, 3 use 32 + 4g..32 + 4g + 3.
+__device__ __forceinline__ int frag_row(int a, int g, int hlf) { return (a >> 1) * 32 + 4 * g + 2 * (a & 1) + hlf; }
+// Column (within the warp's 32) of mma tile c's fragment column q (0..7).
+__device__ __forceinline__ int frag_col(int c, int q) { return 4 * q + c; }
+
+__device__ __forceinline__ float4 lds4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float comp(const float4& v, int i) {
+  return i == 0 ? v.x : (i == 1 ? v.y : (i == 2 ? v.z : v.w));
+}
 
 template <bool kBF16, int V>
 __global__ void __launch_bounds__(kThreads, (V > 1 ? 2 : 1)) radius_fwd_mma_kernel(const float* __restrict__ w1,
@@ -306,8 +339,9 @@ __global__ void __launch_bounds__(kThreads, (V > 1 ? 2 : 1)) radius_fwd_mma_kern
                                                                   const float* __restrict__ r,
                                                                   float* __restrict__ out, int64_t n, int64_t h,
                                                                   int64_t m) {
-  constexpr int BM = MmaCfg::BM, BN = MmaCfg::BN, BK = MmaCfg::BK, LDA = MmaCfg::LDA, LDB = MmaCfg::LDB;
-  constexpr int MT = MmaCfg::MT, NT = MmaCfg::NT, WM = MmaCfg::WM, WN = MmaCfg::WN;
+  using L = MmaLayout<kBF16>;
+  constexpr int BM = MmaCfg::BM, BN = MmaCfg::BN, BK = MmaCfg::BK, LDA = L::LDA, LDB = L::LDB;
+  constexpr int MT = MmaCfg::MT, NT = MmaCfg::NT, WM = MmaCfg::WM, WN = MmaCfg::WN, S = MmaCfg::kStages;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   float* smem = reinterpret_cast<float*>(smem_raw);
 
@@ -315,7 +349,7 @@ __global__ void __launch_bounds__(kThreads, (V > 1 ? 2 : 1)) radius_fwd_mma_kern
   const int64_t j0 = static_cast<int64_t>(blockIdx.y) * BM;
   const int32_t cnt = count[b];
   float* out_row = out + b * m;
-  if (cnt == 0) {
+  if (cnt == 0) {  // P = 0: radius 0 (no 0 * inf from an infinite r)
     for (int t = threadIdx.x; t < BM; t += kThreads)
       if (j0 + t < m) out_row[j0 + t] = 0.f;
     return;
@@ -341,43 +375,61 @@ __global__ void __launch_bounds__(kThreads, (V > 1 ? 2 : 1)) radius_fwd_mma_kern
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[a][c][e] = 0.f;
   }
-  auto stage_a = [&](int st) { return smem + st * MmaCfg::kStageElems; };
-  auto stage_b = [&](int st) { return smem + st * MmaCfg::kStageElems + BK * LDA; };
-
-  load_stage<float, BM, BN, BK, LDA, LDB, V>(stage_a(0), stage_b(0), w1, w2t, idx_row, cnt, 0, j0, 0, n, m);
-  cp_async_commit();
-
-  for (int64_t step = 0; step < steps; ++step) {
-    const int st = static_cast<int>(step & 1);
-    if (step + 1 < steps) {
-      const int64_t nx = step + 1;
-      const int64_t kt = nx / KT, it = nx % KT;
-      load_stage<float, BM, BN, BK, LDA, LDB, V>(stage_a(st ^ 1), stage_b(st ^ 1), w1, w2t, idx_row, cnt, it * BK,
-                                                 j0, kt * BN, n, m);
+  // Pipeline steps run over (column tile kt, active-unit tile it), it fastest; step s lives in
+  // slot s % S. Counters instead of 64-bit divisions: those cost hundreds of integer
+  // instructions per step.
+  int ld_it = 0, ld_kt = 0, ld_slot = 0;  // the next step to load
+  auto issue_next = [&]() {
+    float* a = smem + ld_slot * L::kStageElems;
+    load_stage<float, BM, BN, BK, LDA, LDB, V>(a, a + BK * LDA, w1, w2t, idx_row, cnt,
+                                               static_cast<int64_t>(ld_it) * BK, j0,
+                                               static_cast<int64_t>(ld_kt) * BN, n, m);
+    if (++ld_it == KT) {
+      ld_it = 0;
+      ++ld_kt;
     }
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
+    ld_slot = ld_slot == S - 1 ? 0 : ld_slot + 1;
+  };
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) {
+    if (s < steps) issue_next();
+    cp_async_commit();  // possibly empty group: keeps the group count uniform
+  }
 
-    const float* As = stage_a(st);  // As[k * LDA + row]: A^T, A[row][k] = W2[j0 + row, act[i0 + k]]
-    const float* Bs = stage_b(st);  // Bs[k * LDB + col]: B[k][col] = W1[act[i0 + k], k0 + col]
+  int cur_it = 0, cur_slot = 0;
+  int64_t cur_k0 = wn0;  // first column of this warp in the current column tile
+  for (int64_t step = 0; step < steps; ++step) {
+    cp_async_wait<S - 2>();
+    // Step's stage has landed for every thread, and every warp is done with step - 1, whose
+    // slot the next issue refills.
+    __syncthreads();
+    if (step + S - 1 < steps) issue_next();
+    cp_async_commit();
+
+    const float* As = smem + cur_slot * L::kStageElems + wm0 + 4 * g;  // + k * LDA: tiles 0, 1; + 32: 2, 3
+    const float* Bs = smem + cur_slot * L::kStageElems + BK * LDA + wn0 + 4 * g;  // + k * LDB: tiles 0..3
     if constexpr (!kBF16) {
 #pragma unroll
       for (int kk = 0; kk < BK; kk += 8) {
+        // m16n8k8 tf32: a0 (g, t) a1 (g+8, t) a2 (g, t+4) a3 (g+8, t+4); b0 (t, g) b1 (t+4, g)
+        const float4 lo0 = lds4(As + (kk + t4) * LDA), hi0 = lds4(As + (kk + t4) * LDA + 32);
+        const float4 lo1 = lds4(As + (kk + t4 + 4) * LDA), hi1 = lds4(As + (kk + t4 + 4) * LDA + 32);
+        const float4 b0 = lds4(Bs + (kk + t4) * LDB), b1 = lds4(Bs + (kk + t4 + 4) * LDB);
         uint32_t af[MT][4], bfr[NT][2];
 #pragma unroll
         for (int a = 0; a < MT; ++a) {
-          const int row = wm0 + a * 16 + g;
-          af[a][0] = to_tf32(As[(kk + t4) * LDA + row]);
-          af[a][1] = to_tf32(As[(kk + t4) * LDA + row + 8]);
-          af[a][2] = to_tf32(As[(kk + t4 + 4) * LDA + row]);
-          af[a][3] = to_tf32(As[(kk + t4 + 4) * LDA + row + 8]);
+          const float4& x0 = a < 2 ? lo0 : hi0;
+          const float4& x1 = a < 2 ? lo1 : hi1;
+          const int q = 2 * (a & 1);
+          af[a][0] = __float_as_uint(comp(x0, q));
+          af[a][1] = __float_as_uint(comp(x0, q + 1));
+          af[a][2] = __float_as_uint(comp(x1, q));
+          af[a][3] = __float_as_uint(comp(x1, q + 1));
         }
 #pragma unroll
         for (int c = 0; c < NT; ++c) {
-          const int col = wn0 + c * 8 + g;
-          bfr[c][0] = to_tf32(Bs[(kk + t4) * LDB + col]);
-          bfr[c][1] = to_tf32(Bs[(kk + t4 + 4) * LDB + col]);
+          bfr[c][0] = __float_as_uint(comp(b0, c));
+          bfr[c][1] = __float_as_uint(comp(b1, c));
         }
 #pragma unroll
         for (int a = 0; a < MT; ++a)
@@ -387,21 +439,31 @@ __global__ void __launch_bounds__(kThreads, (V > 1 ? 2 : 1)) radius_fwd_mma_kern
     } else {
 #pragma unroll
       for (int kk = 0; kk < BK; kk += 16) {
+        // m16n8k16 bf16: a0 (g, 2t..2t+1) a1 (g+8, 2t..) a2 (g, 2t+8..) a3 (g+8, 2t+8..);
+        // b0 (2t..2t+1, g) b1 (2t+8.., g). Rows of k: kl, kl + 1, kl + 8, kl + 9.
+        const int kl = kk + 2 * t4;
+        float4 lo[4], hi[4], bv[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int k = kl + (u & 1) + 8 * (u >> 1);
+          lo[u] = lds4(As + k * LDA);
+          hi[u] = lds4(As + k * LDA + 32);
+          bv[u] = lds4(Bs + k * LDB);
+        }
         uint32_t af[MT][4], bfr[NT][2];
-        const int k_lo = kk + 2 * t4, k_hi = kk + 2 * t4 + 8;
 #pragma unroll
         for (int a = 0; a < MT; ++a) {
-          const int row = wm0 + a * 16 + g;
-          af[a][0] = pack_bf16(As[k_lo * LDA + row], As[(k_lo + 1) * LDA + row]);
-          af[a][1] = pack_bf16(As[k_lo * LDA + row + 8], As[(k_lo + 1) * LDA + row + 8]);
-          af[a][2] = pack_bf16(As[k_hi * LDA + row], As[(k_hi + 1) * LDA + row]);
-          af[a][3] = pack_bf16(As[k_hi * LDA + row + 8], As[(k_hi + 1) * LDA + row + 8]);
+          const float4* x = a < 2 ? lo : hi;
+          const int q = 2 * (a & 1);
+          af[a][0] = pack_bf16(comp(x[0], q), comp(x[1], q));
+          af[a][1] = pack_bf16(comp(x[0], q + 1), comp(x[1], q + 1));
+          af[a][2] = pack_bf16(comp(x[2], q), comp(x[3], q));
+          af[a][3] = pack_bf16(comp(x[2], q + 1), comp(x[3], q + 1));
         }
 #pragma unroll
         for (int c = 0; c < NT; ++c) {
-          const int col = wn0 + c * 8 + g;
-          bfr[c][0] = pack_bf16(Bs[k_lo * LDB + col], Bs[(k_lo + 1) * LDB + col]);
-          bfr[c][1] = pack_bf16(Bs[k_hi * LDB + col], Bs[(k_hi + 1) * LDB + col]);
+          bfr[c][0] = pack_bf16(comp(bv[0], c), comp(bv[1], c));
+          bfr[c][1] = pack_bf16(comp(bv[2], c), comp(bv[3], c));
         }
 #pragma unroll
         for (int a = 0; a < MT; ++a)
@@ -409,21 +471,21 @@ __global__ void __launch_bounds__(kThreads, (V > 1 ? 2 : 1)) radius_fwd_mma_kern
           for (int c = 0; c < NT; ++c) mma_bf16(acc[a][c], af[a], bfr[c]);
       }
     }
-    __syncthreads();
 
-    if (step % KT == KT - 1) {  // epilogue of column tile kt: rowsum += |P| r over valid k
-      const int64_t k0 = (step / KT) * BN;
+    cur_slot = cur_slot == S - 1 ? 0 : cur_slot + 1;
+    if (++cur_it == KT) {  // epilogue of the column tile: rowsum += |P| r over valid k
+      cur_it = 0;
 #pragma unroll
       for (int c = 0; c < NT; ++c) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int64_t k = k0 + wn0 + c * 8 + 2 * t4 + e;
+          const int64_t k = cur_k0 + frag_col(c, 2 * t4 + e);  // accumulator column 2t + e of tile c
           if (k < n) {
             const float rk = __ldg(r_row + k);
 #pragma unroll
             for (int a = 0; a < MT; ++a) {
-              rowsum[a][0] += fabsf(acc[a][c][e]) * rk;      // row wm0 + a*16 + g
-              rowsum[a][1] += fabsf(acc[a][c][2 + e]) * rk;  // row wm0 + a*16 + g + 8
+              rowsum[a][0] += fabsf(acc[a][c][e]) * rk;      // fragment row g
+              rowsum[a][1] += fabsf(acc[a][c][2 + e]) * rk;  // fragment row g + 8
             }
           }
         }
@@ -434,6 +496,7 @@ __global__ void __launch_bounds__(kThreads, (V > 1 ? 2 : 1)) radius_fwd_mma_kern
         for (int c = 0; c < NT; ++c)
 #pragma unroll
           for (int e = 0; e < 4; ++e) acc[a][c][e] = 0.f;
+      cur_k0 += BN;
     }
   }
   cp_async_wait<0>();
@@ -449,7 +512,7 @@ __global__ void __launch_bounds__(kThreads, (V > 1 ? 2 : 1)) radius_fwd_mma_kern
       float v = rowsum[a][hlf];
       v += __shfl_xor_sync(0xffffffffu, v, 1);
       v += __shfl_xor_sync(0xffffffffu, v, 2);
-      if (t4 == 0) red[warp_n * BM + wm0 + a * 16 + g + 8 * hlf] = v;
+      if (t4 == 0) red[warp_n * BM + wm0 + frag_row(a, g, hlf)] = v;
     }
   }
   __syncthreads();
@@ -459,6 +522,13 @@ __global__ void __launch_bounds__(kThreads, (V > 1 ? 2 : 1)) radius_fwd_mma_kern
     for (int w = 0; w < MmaCfg::WARPS_N; ++w) v += red[w * BM + row];
     if (j0 + row < m) out_row[j0 + row] = v;
   }
+}
+
+// In-place round-to-nearest of fp32 values to TF32 (the 10-bit mantissa the tensor cores read).
+__global__ void round_tf32_kernel(float* __restrict__ x, int64_t count) {
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < count;
+       e += static_cast<int64_t>(gridDim.x) * kThreads)
+    x[e] = __uint_as_float(to_tf32(x[e]));
 }
 
 // ---------------------------------------------------------------- gather-sum (backward helper)
@@ -514,6 +584,13 @@ cudaError_t compact_active(const double* s, int64_t N, int64_t h, int32_t* idx, 
   return compact_active_impl(s, N, h, idx, pos, count, st);
 }
 
+cudaError_t round_to_tf32(float* x, int64_t count, cudaStream_t st) {
+  if (count <= 0) return cudaSuccess;
+  const int64_t blocks = (count + kThreads - 1) / kThreads;
+  round_tf32_kernel<<<static_cast<unsigned>(blocks < 4096 ? blocks : 4096), kThreads, 0, st>>>(x, count);
+  return cudaGetLastError();
+}
+
 int radius_fwd_rows_per_cta(bool is_double, RadiusPath path) {
   if (is_double) return 64;
   return path == RadiusPath::kFFMA ? 128 : MmaCfg::BM;
@@ -532,14 +609,14 @@ cudaError_t radius_fwd(const float* w1, const float* w2t, const int32_t* idx, co
                         count, r, out, n, h);
   }
   if (path == RadiusPath::kTF32) {
-    return vec ? launch(radius_fwd_mma_kernel<false, 4>, MmaCfg::kSmemBytes, MmaCfg::BM, N, m, st, w1, w2t, idx,
+    return vec ? launch(radius_fwd_mma_kernel<false, 4>, MmaLayout<false>::kSmemBytes, MmaCfg::BM, N, m, st, w1, w2t, idx,
                         count, r, out, n, h)
-               : launch(radius_fwd_mma_kernel<false, 1>, MmaCfg::kSmemBytes, MmaCfg::BM, N, m, st, w1, w2t, idx,
+               : launch(radius_fwd_mma_kernel<false, 1>, MmaLayout<false>::kSmemBytes, MmaCfg::BM, N, m, st, w1, w2t, idx,
                         count, r, out, n, h);
   }
-  return vec ? launch(radius_fwd_mma_kernel<true, 4>, MmaCfg::kSmemBytes, MmaCfg::BM, N, m, st, w1, w2t, idx, count,
+  return vec ? launch(radius_fwd_mma_kernel<true, 4>, MmaLayout<true>::kSmemBytes, MmaCfg::BM, N, m, st, w1, w2t, idx, count,
                       r, out, n, h)
-             : launch(radius_fwd_mma_kernel<true, 1>, MmaCfg::kSmemBytes, MmaCfg::BM, N, m, st, w1, w2t, idx, count,
+             : launch(radius_fwd_mma_kernel<true, 1>, MmaLayout<true>::kSmemBytes, MmaCfg::BM, N, m, st, w1, w2t, idx, count,
                       r, out, n, h);
 }
 

@@ -13,7 +13,7 @@ namespace etbk::cuda {
 // How the inner products of P = W2 S W1 are computed.
 enum class RadiusPath : int {
   kFFMA = 0,  // exact fp32 (or fp64) fused multiply-adds on CUDA cores
-  kTF32 = 1,  // tensor cores, mma.sync m16n8k8 TF32 inputs (round-to-nearest), fp32 accumulation
+  kTF32 = 1,  // tensor cores, mma.sync m16n8k8 TF32 inputs (pre-rounded to nearest), fp32 accumulation
   kBF16 = 2,  // tensor cores, mma.sync m16n8k16 BF16 inputs (round-to-nearest), fp32 accumulation
 };
 
@@ -35,6 +35,10 @@ cudaError_t radius_fwd(const float* w1, const float* w2t, const int32_t* idx, co
 cudaError_t radius_fwd(const double* w1, const double* w2t, const int32_t* idx, const int32_t* count,
                        const double* r, double* out, int64_t N, int64_t n, int64_t h, int64_t m, RadiusPath path,
                        cudaStream_t st);
+
+// Rounds x[0:count] in place to TF32 (round to nearest, ties away, as cvt.rna.tf32.f32). The
+// TF32 path of radius_fwd reads its operands' bits as TF32: the host rounds w1 / w2t with this.
+cudaError_t round_to_tf32(float* x, int64_t count, cudaStream_t st);
 
 // Row tile (output rows j per CTA) of radius_fwd for a path: the host checks grid limits with it.
 int radius_fwd_rows_per_cta(bool is_double, RadiusPath path);
