@@ -1,0 +1,224 @@
+"""Bad input across the public API, one test per row of docs/bad_inputs.md (the block ops' own
+cases are in test_block_errors.py / test_block_values.py and referenced from the table).
+
+Each test checks the promised exception type and what its message names, or the documented
+result. Command-line errors run ``etbkernels.cli.main`` in-process with tiny inputs.
+"""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import etbkernels as E
+
+F64 = torch.float64
+# (method, mask) pairs that take different code paths: IBP, ETB forward (blockwise), ETB backward (IBP masks)
+PATHS = [("ibp", None), ("etb", "etb"), ("etb", "ibp")]
+
+
+def _kw(method, mask):
+    return {"method": method} if mask is None else {"method": method, "mask": mask}
+
+
+def _mlp():  # two hidden layers: not the fused one-hidden-layer path
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+
+
+def _cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3, stride=2), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(2 * 2 * 2, 3)).double()
+
+
+def _models():
+    torch.manual_seed(1)
+    return [(_mlp(), torch.rand(3, 3, dtype=F64)), (_cnn(), torch.rand(3, 2, 6, 6, dtype=F64))]
+
+
+# ------------------------------------------------------------------------ etbkernels.bounds: x and eps
+@pytest.mark.parametrize("dtype", [torch.int64, torch.complex128, torch.float16, torch.bfloat16])
+def test_bounds_x_dtype_not_float32_or_float64(dtype):
+    model, x = _models()[0]
+    with pytest.raises(TypeError, match=f"x must be float32 or float64, got {dtype}"):
+        E.bounds(model, x.to(dtype), 0.1)
+
+
+def test_bounds_x_sparse():
+    model, x = _models()[0]
+    with pytest.raises(TypeError, match="x must be a dense .strided. tensor, got layout torch.sparse_coo"):
+        E.bounds(model, x.to_sparse(), 0.1)
+
+
+@pytest.mark.parametrize("eps", [float("nan"), -1e-9])
+def test_bounds_eps_number_nan_or_negative(eps):
+    model, x = _models()[0]
+    with pytest.raises(ValueError, match=r"eps must be >= 0, got (nan|-1e-09)"):
+        E.bounds(model, x, eps)
+
+
+def test_bounds_eps_tensor_negative_integer_or_other_device():
+    model, x = _models()[0]
+    with pytest.raises(ValueError, match="eps must be >= 0 everywhere"):
+        E.bounds(model, x, torch.tensor([0.1, -0.1, 0.1], dtype=F64))
+    with pytest.raises(TypeError, match="eps must be a floating-point tensor or a number, got torch.int64"):
+        E.bounds(model, x, torch.tensor(1))
+    with pytest.raises(TypeError, match="eps must be a number or a tensor, got bool"):
+        E.bounds(model, x, True)
+    with pytest.raises(ValueError, match="eps is on meta but x is on cpu"):
+        E.bounds(model, x, torch.tensor(0.1, dtype=F64, device="meta"))
+
+
+@pytest.mark.parametrize("method,mask", PATHS)
+def test_bounds_nan_in_one_sample_stays_in_that_sample(method, mask):
+    """NaN in a sample's x or eps makes that sample's bounds NaN and leaves the others as they were."""
+    for model, x in _models():
+        ref = E.bounds(model, x, 0.1, **_kw(method, mask))
+        xn = x.clone()
+        xn[1].view(-1)[0] = float("nan")
+        eps = torch.full_like(x, 0.1)
+        eps[1].view(-1)[0] = float("nan")
+        for b in (E.bounds(model, xn, 0.1, **_kw(method, mask)), E.bounds(model, x, eps, **_kw(method, mask))):
+            assert b.lower[1].isnan().all() and b.upper[1].isnan().all()
+            assert torch.equal(b.lower[[0, 2]], ref.lower[[0, 2]]) and torch.equal(b.upper[[0, 2]], ref.upper[[0, 2]])
+
+
+@pytest.mark.parametrize("method,mask", PATHS)
+def test_bounds_inf_eps_or_x_is_never_finite(method, mask):
+    """An infinite eps or input gives infinite or NaN bounds, never finite-looking numbers."""
+    for model, x in _models():
+        eps = torch.full_like(x, 0.1)
+        eps[0] = float("inf")
+        xi = x.clone()
+        xi[2].view(-1)[0] = float("inf")
+        for b, bad in ((E.bounds(model, x, eps, **_kw(method, mask)), 0), (E.bounds(model, xi, 0.1, **_kw(method, mask)), 2)):
+            assert not torch.isfinite(b.lower[bad]).any() and not torch.isfinite(b.upper[bad]).any()
+            assert torch.isfinite(b.lower[1]).all() and torch.isfinite(b.upper[1]).all()
+
+
+@pytest.mark.parametrize("method,mask", PATHS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_bounds_nan_or_inf_weight_is_never_finite(method, mask, value):
+    for model, x in _models():
+        model = copy.deepcopy(model)
+        with torch.no_grad():
+            model[0].weight.view(-1)[0] = value
+        b = E.bounds(model, x, 0.1, **_kw(method, mask))
+        assert not torch.isfinite(b.lower).any() and not torch.isfinite(b.upper).any()
+
+
+@pytest.mark.parametrize("method,mask", PATHS)
+def test_bounds_empty_batch(method, mask):
+    """An empty batch gives empty bounds of the right shape on every path (it used to crash)."""
+    for model, x in _models():
+        empty = x[:0]
+        b = E.bounds(model, empty, 0.1, **_kw(method, mask))
+        assert b.lower.shape == b.upper.shape == (0, model[-1].out_features)
+        b, layers = E.bounds(model, empty, 0.1, return_layers=True, **_kw(method, mask))
+        full, full_layers = E.bounds(model, x, 0.1, return_layers=True, **_kw(method, mask))
+        assert [t.lower.shape[1:] for t in layers] == [t.lower.shape[1:] for t in full_layers]
+        spec = E.margin_spec(torch.zeros(0, dtype=torch.long), model[-1].out_features, dtype=F64)
+        assert E.bounds(model, empty, 0.1, spec=spec, **_kw(method, mask)).lower.shape == (0, spec.shape[1])
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+@pytest.mark.parametrize("method,mask", PATHS)
+def test_bounds_zero_width_layers(method, mask):
+    """A hidden layer of width 0 makes the output the constant last bias (radius 0); no input
+    features (n = 0) give radius 0 too."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 0), nn.ReLU(), nn.Linear(0, 2)).double()
+    with torch.no_grad():
+        model[-1].bias.copy_(torch.tensor([0.5, -1.0]))
+    b = E.bounds(model, torch.rand(3, 3, dtype=F64), 0.1, **_kw(method, mask))
+    assert torch.equal(b.radius, torch.zeros(3, 2, dtype=F64))
+    assert torch.equal(b.center, torch.tensor([[0.5, -1.0]] * 3, dtype=F64))
+    no_input = nn.Sequential(nn.Linear(0, 4), nn.ReLU(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).double()
+    b = E.bounds(no_input, torch.zeros(2, 0, dtype=F64), 0.1, **_kw(method, mask))
+    assert torch.equal(b.radius, torch.zeros(2, 2, dtype=F64))
+
+
+@pytest.mark.parametrize("method,mask", PATHS)
+def test_bounds_layout_of_x_does_not_matter(method, mask):
+    """Non-contiguous, expanded and channels-last inputs give the same bounds as contiguous ones."""
+    model, x = _models()[1]
+    ref = E.bounds(model, x, 0.1, **_kw(method, mask))
+    wide = torch.zeros(3, 2, 6, 12, dtype=F64)
+    wide[..., ::2] = x
+    for variant in (x.contiguous(memory_format=torch.channels_last), wide[..., ::2]):
+        b = E.bounds(model, variant, 0.1, **_kw(method, mask))
+        torch.testing.assert_close(b.lower, ref.lower, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(b.upper, ref.upper, rtol=1e-12, atol=1e-12)
+    one = E.bounds(model, x[:1], 0.1, **_kw(method, mask))
+    b = E.bounds(model, x[:1].expand(3, -1, -1, -1), 0.1, **_kw(method, mask))
+    torch.testing.assert_close(b.upper, one.upper.expand(3, -1), rtol=1e-12, atol=1e-12)
+
+
+def test_bounds_clip_not_a_pair_or_empty_box():
+    model, x = _models()[0]
+    with pytest.raises(ValueError, match=r"clip must be a \(low, high\) pair, got \(0.0,\)"):
+        E.bounds(model, x, 0.1, clip=(0.0,))
+    with pytest.raises(ValueError, match="the clipped box is empty somewhere"):
+        E.bounds(model, x, 0.1, clip=(1.0, 0.0))
+
+
+@pytest.mark.parametrize("chunk", [0, -1, 1.5, True])
+def test_bounds_chunk_size_not_a_positive_int(chunk):
+    model, x = _models()[0]
+    with pytest.raises(ValueError, match="chunk_size must be None or an int >= 1"):
+        E.bounds(model, x, 0.1, chunk_size=chunk)
+
+
+# ------------------------------------------------------------------------ etbkernels.bounds: model
+def test_bounds_batchnorm_in_training_mode_names_the_layer():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).double()
+    with pytest.raises(ValueError, match=r"model\[1\] = BatchNorm1d \(in training mode.*call model.eval\(\)\); "
+                                         r"supported: Linear, Conv2d"):
+        E.bounds(model, torch.rand(2, 3, dtype=F64), 0.1)
+
+
+# ------------------------------------------------------------------------ etbkernels.bounds: spec and masks
+def test_bounds_spec_wrong_dtype_or_device():
+    """A spec on another device used to give garbage numbers; complex specs lost their imaginary part."""
+    model, x = _models()[0]
+    with pytest.raises(ValueError, match="spec is on meta but x is on cpu"):
+        E.bounds(model, x, 0.1, spec=torch.ones(1, 2, device="meta"))
+    for dtype in (torch.complex64, torch.bool):
+        with pytest.raises(TypeError, match=f"spec must be a real .floating-point or integer. tensor, got {dtype}"):
+            E.bounds(model, x, 0.1, spec=torch.ones(1, 2, dtype=dtype))
+
+
+def test_bounds_spec_after_final_relu():
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU()).double()
+    with pytest.raises(ValueError, match="spec needs an affine last layer, but the model ends with a ReLU"):
+        E.bounds(model, torch.rand(2, 3, dtype=F64), 0.1, spec=torch.ones(1, 2, dtype=F64))
+
+
+@pytest.mark.parametrize("bad,exc,pattern", [
+    (torch.full((3, 5), 0.5, dtype=F64), ValueError, r"mask\[0\] must hold only 0 and 1"),
+    (torch.full((3, 5), float("nan"), dtype=F64), ValueError, r"mask\[0\] must hold only 0 and 1"),
+    (torch.ones(3, 5, dtype=torch.complex64), TypeError, r"mask\[0\] must be bool or real"),
+    (torch.ones(3, 5, device="meta"), ValueError, r"mask\[0\] is on meta but x is on cpu"),
+])
+def test_bounds_given_mask_wrong_values_dtype_or_device(bad, exc, pattern):
+    """Fractional or NaN masks used to scale units silently (a wrong bound); now refused like etb_block's."""
+    model, x = _models()[0]
+    with pytest.raises(exc, match=pattern):
+        E.bounds(model, x, 0.1, mask=[bad, torch.ones(3, 4, dtype=torch.bool)])
+    ok = E.bounds(model, x, 0.1, mask=[torch.ones(3, 5, dtype=torch.bool), torch.ones(3, 4, dtype=torch.bool)])
+    assert bool((ok.lower <= ok.upper).all())
+
+
+# ------------------------------------------------------------------------ etbkernels.margin_spec
+@pytest.mark.parametrize("labels,K,exc,pattern", [
+    (torch.tensor([0, 10]), 10, ValueError, r"labels must lie in \[0, 10\), got min 0, max 10"),
+    (torch.tensor([-1, 3]), 10, ValueError, r"labels must lie in \[0, 10\), got min -1, max 3"),
+    (torch.tensor([True, False]), 10, ValueError, "labels must be a 1-D integer tensor, got torch.bool"),
+    (torch.tensor([0.0, 1.0]), 10, ValueError, "labels must be a 1-D integer tensor, got torch.float32"),
+    (torch.tensor([0, 1]), 1, ValueError, "num_classes must be >= 2, got 1"),
+    (torch.tensor([0, 1]), 2.0, TypeError, "num_classes must be an int, got float"),
+])
+def test_margin_spec_bad_labels_or_classes(labels, K, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        E.margin_spec(labels, K)
