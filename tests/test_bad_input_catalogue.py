@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 import etbkernels as E
+from etbkernels.losses import etb_release_loss, ibp_paper_loss, margin_worst_logits
+from etbkernels.nn import BoundedModel
 
 F64 = torch.float64
 # (method, mask) pairs that take different code paths: IBP, ETB forward (blockwise), ETB backward (IBP masks)
@@ -222,3 +224,93 @@ def test_bounds_given_mask_wrong_values_dtype_or_device(bad, exc, pattern):
 def test_margin_spec_bad_labels_or_classes(labels, K, exc, pattern):
     with pytest.raises(exc, match=pattern):
         E.margin_spec(labels, K)
+
+
+# ------------------------------------------------------------------------ etbkernels.nn.BoundedModel
+def _bm_data():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    return net, torch.rand(2, 1, 2, 2), torch.tensor([0, 2])
+
+
+def test_bounded_model_bad_model_or_eps_type():
+    net, x, y = _bm_data()
+    with pytest.raises(TypeError, match="model must be an nn.Module .* got str"):
+        BoundedModel("net", eps=0.1)
+    with pytest.raises(TypeError, match="eps must be a number, a tensor or None, got str"):
+        BoundedModel(net, eps="0.1")
+    with pytest.raises(ValueError, match="eps must be >= 0, got nan"):
+        BoundedModel(net, eps=float("nan"))
+
+
+def test_bounded_model_labels_wrong_length():
+    net, x, y = _bm_data()
+    bm = BoundedModel(net, eps=0.1)
+    with pytest.raises(ValueError, match=r"labels must be a tensor of shape \(2,\) .* got \(3,\)"):
+        bm.bounds(x, labels=torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"labels must be a tensor of shape \(2,\) .* got \(3,\)"):
+        bm.robust_loss(x, torch.tensor([0, 1, 2]), loss="ibp_paper")
+
+
+def test_bounded_model_labels_out_of_range():
+    net, x, y = _bm_data()
+    bm = BoundedModel(net, eps=0.1)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        bm.robust_loss(x, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        bm.robust_loss(x, torch.tensor([0, 3]), loss="ibp_paper")
+
+
+def test_bounded_model_training_batchnorm():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    bm = BoundedModel(net, eps=0.1)
+    x = torch.rand(2, 1, 2, 2)
+    with pytest.raises(ValueError, match=r"model\[2\] = BatchNorm1d \(in training mode"):
+        bm.robust_loss(x, torch.tensor([0, 1]))
+    bm.eval()
+    assert bm.bounds(x).lower.shape == (2, 3)
+
+
+def test_bounded_model_empty_batch():
+    net, x, y = _bm_data()
+    bm = BoundedModel(net, eps=0.1, mask="ibp")
+    assert bm.bounds(x[:0]).lower.shape == (0, 3)
+    assert bm.bounds(x[:0], labels=y[:0]).lower.shape == (0, 2)
+
+
+# ------------------------------------------------------------------------ etbkernels.losses
+def test_loss_logits_not_2d_or_batch_mismatch():
+    logits, y = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match=r"logits must be \(N, K\), got \(4,\)"):
+        etb_release_loss(logits[0], torch.rand(4), y[:1])
+    with pytest.raises(ValueError, match=r"bounds must have the logits' shape \(3, 4\), got \(2, 4\)"):
+        ibp_paper_loss(logits, torch.rand(2, 4), y, kappa=0.5)
+    with pytest.raises(ValueError, match=r"labels must be int64 of shape \(3,\), got torch.int64 \(2,\)"):
+        etb_release_loss(logits, torch.rand(3, 4), y[:2])
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 4], [0, -1, 2]])
+def test_loss_labels_out_of_range(labels):
+    """Out-of-range labels used to fail inside scatter/cross_entropy with an index error."""
+    logits, y = torch.randn(3, 4), torch.tensor(labels)
+    with pytest.raises(ValueError, match=r"etb_release_loss|worst_case_logits: labels must lie in \[0, 4\)"):
+        etb_release_loss(logits, torch.rand(3, 4), y)
+    with pytest.raises(ValueError, match=r"ibp_paper_loss: labels must lie in \[0, 4\)"):
+        ibp_paper_loss(logits, torch.rand(3, 4), y, kappa=0.5)
+    with pytest.raises(ValueError, match=r"margin_worst_logits: labels must lie in \[0, 4\)"):
+        margin_worst_logits(torch.rand(3, 4), y)
+
+
+def test_loss_negative_radius():
+    """A negative radius made the worst case better than the clean logits (a silently wrong loss)."""
+    logits, y = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match="radius must be >= 0"):
+        etb_release_loss(logits, -torch.rand(3, 4), y)
+
+
+def test_loss_nan_temperature_or_kappa():
+    logits, y, r = torch.randn(3, 4), torch.tensor([0, 1, 2]), torch.rand(3, 4)
+    with pytest.raises(ValueError, match="temperature must be > 0, got nan"):
+        etb_release_loss(logits, r, y, temperature=float("nan"))
+    with pytest.raises(ValueError, match=r"kappa must be in \[0, 1\], got nan"):
+        ibp_paper_loss(logits, r, y, kappa=float("nan"))
