@@ -21,6 +21,13 @@ def _ints(text: str) -> List[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _widths(text: str) -> List[int]:
+    vals = _ints(text)
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer widths >= 1, got {text!r}")
+    return vals
+
+
 def _schedule(text: str):
     parts = text.split(",")
     try:
@@ -33,17 +40,45 @@ def _schedule(text: str):
 
 
 def _prob(text: str) -> float:
-    v = float(text)
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
     if not 0 <= v <= 1:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
     return v
 
 
 def _positive(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return _int_at_least(text, 1)
+
+
+def _nonneg(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = low - 1
+    if v < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
     return v
+
+
+def _device(text: str) -> str:
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} (e.g. cpu, cuda, cuda:1)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu or cuda[:N], got {text!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available in this torch build or machine")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
     t.add_argument("--data-dir", help="Fashion-MNIST IDX folder or CIFAR-10 cifar-10-batches-py folder")
     t.add_argument("--model", choices=MODELS, default="small")
-    t.add_argument("--mlp-widths", type=_ints, default=[1024, 1024], help="hidden widths of --model mlp (1024,1024)")
+    t.add_argument("--mlp-widths", type=_widths, default=[1024, 1024], help="hidden widths of --model mlp (1024,1024)")
     t.add_argument("--no-normalize", action="store_true", help="no Normalize layer in front of the model")
     t.add_argument("--method", choices=("nominal", "ibp", "etb"), default="etb")
     t.add_argument("--eps", type=_prob, default=0.1, help="training eps in pixel units [0, 1] (default 0.1)")
@@ -82,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr-milestones", type=_ints, default=[], metavar="E1,E2", help="epochs at which lr *= --lr-gamma")
     t.add_argument("--lr-gamma", type=float, default=0.1)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu")
+    t.add_argument("--device", type=_device, default="cpu")
     t.add_argument("--threads", type=_positive, help="torch threads per process")
     t.add_argument("--limit", type=_positive, help="train on the first N training images only (tests, smoke runs)")
     t.add_argument("--out", required=True, help="output folder (checkpoint.pt, train_log.json); nothing is "
@@ -96,17 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eps", type=_prob, nargs="+", help="eval eps in pixels (default: the training eps)")
     e.add_argument("--limit", type=_positive, help="first N test images (default all)")
     e.add_argument("--batch-size", type=_positive, default=200)
-    e.add_argument("--pgd-steps", type=int, default=40)
+    e.add_argument("--pgd-steps", type=_nonneg, default=40)
     e.add_argument("--pgd-restarts", type=_positive, default=1)
     e.add_argument("--pgd-step-size", type=float, help="default 2.5 * eps / steps")
     e.add_argument("--float32", action="store_true", help="bounds in float32 (default float64)")
     e.add_argument("--etb-mask", choices=("ibp", "etb"), default="ibp")
-    e.add_argument("--violation-limit", type=int, default=200, help="images attacked per margin for the ETB "
+    e.add_argument("--violation-limit", type=_nonneg, default=200, help="images attacked per margin for the ETB "
                                                                     "violation rate (0: skip)")
-    e.add_argument("--violation-steps", type=int, default=20)
+    e.add_argument("--violation-steps", type=_nonneg, default=20)
     e.add_argument("--violation-restarts", type=_positive, default=1)
     e.add_argument("--data-dir")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--device", type=_device, default="cpu")
     e.add_argument("--threads", type=_positive)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", help="output folder for eval_eps<EPS>.json and eval.md (default: the checkpoint's folder)")
@@ -140,13 +175,13 @@ def _train(a) -> int:
 def _eval(a) -> int:
     import torch
 
-    from .training.checkpoint import write_json_atomic
+    from .training.checkpoint import check_out_folder, write_json_atomic
     from .training.evaluate import evaluate, markdown_table
 
     if a.threads:
         torch.set_num_threads(a.threads)
     ck = Path(a.checkpoint)
-    out = Path(a.out) if a.out else (ck if ck.is_dir() else ck.parent)
+    out = check_out_folder(Path(a.out) if a.out else (ck if ck.is_dir() else ck.parent))
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for eps in a.eps or [None]:
@@ -168,6 +203,8 @@ def _eval(a) -> int:
 def _plot(a) -> int:
     from .training.plot import collect_results, plot_tradeoff
 
+    if Path(a.out).is_dir():
+        raise ValueError(f"--out {a.out} is a folder; give the PNG file to write, e.g. {Path(a.out) / 'tradeoff.png'}")
     path = plot_tradeoff(collect_results(a.inputs), a.out, title=a.title)
     print(f"wrote {path}")
     return 0
@@ -178,6 +215,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = build_parser().parse_args(argv)
     try:
         return {"train": _train, "eval": _eval, "plot": _plot}[a.command](a)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"etbkernels {a.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # OSError: FileNotFoundError, FileExistsError, NotADirectoryError, ...
+        msg = " ".join(str(err).split())  # one line, whatever the exception's text looks like
+        print(f"etbkernels {a.command}: error: {msg}", file=sys.stderr)
         return EXIT_ERROR

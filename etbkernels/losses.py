@@ -19,11 +19,21 @@ def _check(logits: Tensor, y: Tensor, name: str, other: Tensor) -> None:
         raise ValueError(f"{name}: bounds must have the logits' shape {tuple(logits.shape)}, got {tuple(other.shape)}")
     if y.shape != (logits.shape[0],) or y.dtype != torch.int64:
         raise ValueError(f"{name}: labels must be int64 of shape ({logits.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+    _check_label_range(y, logits.shape[1], name)
+
+
+def _check_label_range(y: Tensor, K: int, name: str) -> None:
+    # out-of-range labels would otherwise fail deep inside scatter/cross_entropy with an index error
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= K):
+        raise ValueError(f"{name}: labels must lie in [0, {K}) for {K} classes, got min {int(y.min())}, "
+                         f"max {int(y.max())}")
 
 
 def worst_case_logits(logits: Tensor, radius: Tensor, y: Tensor) -> Tensor:
     """z~: every wrong logit raised by its radius, the true logit lowered by its radius."""
     _check(logits, y, "worst_case_logits", radius)
+    if bool((radius.detach() < 0).any()):  # a negative radius would make the "worst case" better than f(x)
+        raise ValueError("worst_case_logits: radius must be >= 0 (bounds' .radius), got negative entries")
     sign = torch.ones_like(logits).scatter_(1, y[:, None], -1.0)
     return logits + sign * radius
 
@@ -37,7 +47,7 @@ def etb_release_loss(logits: Tensor, radius: Tensor, y: Tensor, *, lam: float = 
         y: labels (N,) int64.
         lam, temperature: the weight of the robust term and the normalization temperature T > 0.
     """
-    if temperature <= 0:
+    if not temperature > 0:  # also refuses NaN
         raise ValueError(f"etb_release_loss: temperature must be > 0, got {temperature}")
     z = worst_case_logits(logits, radius, y)
     scale = temperature * z.abs().amax(1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
@@ -52,6 +62,7 @@ def margin_worst_logits(margin_lower: Tensor, y: Tensor) -> Tensor:
     if margin_lower.dim() != 2 or y.shape != (margin_lower.shape[0],):
         raise ValueError(f"margin_worst_logits: need (N, K) margins and (N,) labels, got {tuple(margin_lower.shape)} "
                          f"and {tuple(y.shape)}")
+    _check_label_range(y, margin_lower.shape[1], "margin_worst_logits")
     return (-margin_lower).scatter(1, y[:, None], 0.0)
 
 

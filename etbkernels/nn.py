@@ -67,9 +67,14 @@ class BoundedModel(nn.Module):
                  mask: Optional[str] = None, center_at: Optional[str] = None,
                  clip: Optional[Tuple[float, float]] = None):
         super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"BoundedModel: model must be an nn.Module (an nn.Sequential for bounds), got "
+                            f"{type(model).__name__}")
+        if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float, Tensor))):
+            raise TypeError(f"BoundedModel: eps must be a number, a tensor or None, got {type(eps).__name__}")
         if method not in ("etb", "ibp"):
             raise ValueError(f"BoundedModel: method must be 'etb' or 'ibp', got {method!r}")
-        if eps is not None and not eps >= 0:
+        if isinstance(eps, (int, float)) and not eps >= 0:
             raise ValueError(f"BoundedModel: eps must be >= 0, got {eps}")
         if method == "ibp" and (mask is not None or center_at is not None):
             raise ValueError("BoundedModel: mask and center_at apply to method='etb' only")
@@ -100,6 +105,9 @@ class BoundedModel(nn.Module):
         method = self.method if method is None else method
         spec = None
         if labels is not None:
+            if not isinstance(labels, Tensor) or labels.shape != x.shape[:1]:
+                raise ValueError(f"BoundedModel.bounds: labels must be a tensor of shape ({x.shape[0]},) (one per "
+                                 f"sample of x), got {tuple(getattr(labels, 'shape', ())) or type(labels).__name__}")
             if num_classes is None:
                 with torch.no_grad():
                     num_classes = self.model(x[:1]).shape[-1]

@@ -19,6 +19,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny networks: thread-pool overhead would dominate them,
+    and on busy shared cores waiting for a second thread made them ~50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(params=["auto", "gathered", "stacked"])
 def cpu_strategy(request, monkeypatch):
     """Runs a test under each CPU kernel strategy (csrc/cpu/strategy.h); "auto" picks by size."""

@@ -28,10 +28,13 @@ def margin_spec(labels: Tensor, num_classes: int, dtype=torch.float32) -> Tensor
     the bound on ``z_y - z_j`` is positive. Folding the spec into the last layer is tighter than
     subtracting output bounds.
     """
-    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.is_floating_point():
+    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() \
+            or labels.dtype == torch.bool:
         raise ValueError(f"margin_spec: labels must be a 1-D integer tensor, got "
                          f"{getattr(labels, 'dtype', type(labels).__name__)} of shape "
                          f"{tuple(getattr(labels, 'shape', ()))}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool):
+        raise TypeError(f"margin_spec: num_classes must be an int, got {type(num_classes).__name__}")
     if num_classes < 2:
         raise ValueError(f"margin_spec: num_classes must be >= 2, got {num_classes}")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
@@ -100,6 +103,8 @@ def bounds(model: nn.Module, x: Tensor, eps: Union[float, Tensor], *, method: st
         raise ValueError(f"bounds: center_at must be one of {CENTER_AT}, got {center_at!r}")
     if isinstance(mask, str) and mask not in MASKS:
         raise ValueError(f"bounds: mask must be one of {MASKS} or a list of tensors, got {mask!r}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
+        raise ValueError(f"bounds: chunk_size must be None or an int >= 1, got {chunk_size!r}")
     x = _check_x(x)
     mu, r = _box(x, eps, clip)
     net = parse_model(model, tuple(x.shape[1:]), x)
@@ -143,7 +148,7 @@ def _etb(net: Network, mu, r, mask, center_at, spec, return_layers, chunk_size) 
     if given is not None and not return_layers:
         # output rows only: pull K rows backward
         K = spec.shape[-2] if spec is not None else _numel(net.out_shape)
-        chunk = chunk_size or max(1, DEFAULT_CHUNK_BYTES // (3 * K * widest * elem))
+        chunk = chunk_size or max(1, DEFAULT_CHUNK_BYTES // max(1, 3 * K * widest * elem))
 
         def run(mu_c, r_c, spec_c, *masks_c):
             return etb_backward(net, mu_c, r_c, center_at, masks_c, spec2 if spec_c is None else spec_c)
@@ -155,7 +160,7 @@ def _etb(net: Network, mu, r, mask, center_at, spec, return_layers, chunk_size) 
     grad = torch.is_grad_enabled() and (mu.requires_grad or r.requires_grad or any(
         p.requires_grad for st in net.stages for op in st for p in vars(op).values() if isinstance(p, Tensor)))
     # with gradients, a chunk's whole graph (every layer's tensors) is alive in backward
-    chunk = chunk_size or max(1, DEFAULT_CHUNK_BYTES // (3 * forward_numel_per_sample(net, total=grad) * elem))
+    chunk = chunk_size or max(1, DEFAULT_CHUNK_BYTES // max(1, 3 * forward_numel_per_sample(net, total=grad) * elem))
     L = len(net.stages)
 
     def run(mu_c, r_c, spec_c, *masks_c):
@@ -188,7 +193,7 @@ def _chunked(fn, N: int, chunk: int, *tensors):
     """Runs ``fn`` on slices of ``chunk`` samples and concatenates; checkpoints when grads flow."""
     grad = torch.is_grad_enabled()
     outs = []
-    for s in range(0, N, chunk):
+    for s in range(0, max(N, 1), chunk):  # N = 0: one call on the empty slices gives empty results
         args = [None if t is None else t[s:s + chunk] for t in tensors]
         if grad and N > chunk:
             outs.append(checkpoint(fn, *args, use_reentrant=False))
@@ -212,6 +217,8 @@ def _check_x(x) -> Tensor:
         raise TypeError(f"bounds: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"bounds: x must be float32 or float64, got {x.dtype}")
+    if x.layout != torch.strided:
+        raise TypeError(f"bounds: x must be a dense (strided) tensor, got layout {x.layout}")
     if x.dim() < 2:
         raise ValueError(f"bounds: x must be batched, (N, *input shape), got shape {tuple(x.shape)}; "
                          "use x.unsqueeze(0) for one sample")
@@ -226,6 +233,8 @@ def _box(x: Tensor, eps, clip):
     elif isinstance(eps, Tensor):
         if not eps.is_floating_point():
             raise TypeError(f"bounds: eps must be a floating-point tensor or a number, got {eps.dtype}")
+        if eps.device != x.device:
+            raise ValueError(f"bounds: eps is on {eps.device} but x is on {x.device}")
         try:
             eps_t = torch.broadcast_to(eps.to(x.dtype), x.shape)
         except RuntimeError:
@@ -259,6 +268,10 @@ def _check_spec(spec, net: Network, x: Tensor) -> Optional[Tensor]:
         return None
     if not isinstance(spec, Tensor):
         raise TypeError(f"bounds: spec must be a tensor or None, got {type(spec).__name__}")
+    if spec.is_complex() or spec.dtype == torch.bool:
+        raise TypeError(f"bounds: spec must be a real (floating-point or integer) tensor, got {spec.dtype}")
+    if spec.device != x.device:
+        raise ValueError(f"bounds: spec is on {spec.device} but x is on {x.device}")
     out = _numel(net.out_shape)
     ok = spec.dim() == 2 and spec.shape[1] == out or spec.dim() == 3 and spec.shape[0] == x.shape[0] \
         and spec.shape[2] == out
@@ -280,5 +293,13 @@ def _check_masks(masks, net: Network, mu: Tensor) -> List[Tensor]:
         if not isinstance(m, Tensor) or tuple(m.shape) != want:
             raise ValueError(f"bounds: mask[{i}] must be a tensor of shape {want}, got "
                              f"{tuple(getattr(m, 'shape', ())) or type(m).__name__}")
-        out.append(m.to(mu.dtype).detach())
+        if m.is_complex():
+            raise TypeError(f"bounds: mask[{i}] must be bool or real, got {m.dtype}")
+        if m.device != mu.device:
+            raise ValueError(f"bounds: mask[{i}] is on {m.device} but x is on {mu.device}")
+        m = m.detach().to(mu.dtype)
+        # a fractional or NaN entry would scale a unit instead of switching it: not a mask
+        if bool(((m != 0) & (m != 1)).any()):
+            raise ValueError(f"bounds: mask[{i}] must hold only 0 and 1 (or be bool); it has other values (or NaN)")
+        out.append(m)
     return out

@@ -126,7 +126,7 @@ def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
         [(center_k, radius_k)] for k = 1..L (the last one is the output or ``spec @ output``).
     """
     N = mu.shape[0]
-    n = r[0].numel()
+    n = r.shape[1:].numel()  # not r[0]: an empty batch has none
     if isinstance(first, tuple):
         P, D = first, None
     else:  # D[b, k] = r_b[k] * J_1 e_k: the columns of J_1 diag(r_b)

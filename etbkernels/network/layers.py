@@ -153,7 +153,7 @@ class FlattenOp(AffineOp):
         self.out_shape = (n,)
 
     def forward(self, x):
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], self.out_shape[0])  # not -1: that fails for an empty batch
 
     linear = forward
     abs_linear = forward

@@ -17,7 +17,7 @@ from torch import Tensor
 from .._progress import progress
 from ..attacks import pgd_attack, pgd_output_range
 from ..network.api import bounds, margin_spec
-from .checkpoint import load_checkpoint
+from .checkpoint import load_run_checkpoint
 from .data import DATASETS, build_model, load_dataset
 from .loop import CLIP
 
@@ -65,7 +65,7 @@ def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit
             directions, on the first ``violation_limit`` images, to measure how often the ETB
             interval misses values the network takes (violation_tol: slack for rounding).
     """
-    state = load_checkpoint(checkpoint)
+    state = load_run_checkpoint(checkpoint)
     cfg = state["config"]
     eps = cfg["eps"] if eps is None else eps
     if not 0 <= eps <= 1:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .._progress import progress
 from ..losses import LinearRamp
 from ..nn import BoundedModel
-from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_json_atomic
+from .checkpoint import CHECKPOINT, check_out_folder, load_run_checkpoint, save_checkpoint, write_json_atomic
 from .data import DATASETS, MODELS, build_model, load_dataset
 
 METHODS = ("nominal", "ibp", "etb")
@@ -181,7 +181,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
     if world > 1 and device.type == "cuda" and device.index is None:  # one GPU per process under torchrun
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    out = Path(cfg.out)
+    out = check_out_folder(cfg.out)
     ckpt_path = out / CHECKPOINT
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} must be a multiple of the number of processes ({world})")
@@ -191,7 +191,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
     if cfg.resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        state = load_checkpoint(ckpt_path)
+        state = load_run_checkpoint(ckpt_path)
         saved = state["config"]
         diff = {k: (saved.get(k), getattr(cfg, k)) for k in _RESUME_KEYS if saved.get(k) != getattr(cfg, k)}
         if diff:
