@@ -107,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lam", type=float, default=1.0, help="release loss: weight of the robust CE (1.0)")
     t.add_argument("--temperature", type=float, default=1.0, help="release loss: normalization temperature (1.0)")
     t.add_argument("--mask", choices=("ibp", "etb"), default="ibp",
-                   help="ETB masks: ibp (authors' release; fast, but a network can learn to defeat it: "
-                        "docs/training.md, Results) or etb (blockwise; ~10x slower on CNNs)")
+                   help="ETB masks: ibp (authors' release; fast) or etb (blockwise; ~10x slower on CNNs). "
+                        "In our runs ETB-trained networks learned to defeat ETB bounds with either mask: judge "
+                        "them by PGD and IBP-verified accuracy (docs/training.md, Results)")
     t.add_argument("--epochs", type=_positive, default=1)
     t.add_argument("--batch-size", type=_positive, default=128, help="global batch (split over processes)")
     t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
