@@ -84,12 +84,12 @@ def choose_compiler(configured: str, want_major: Optional[int], which: Callable[
         return None, None, ""  # not GCC (clang, or missing: the build reports that itself)
     reasons = []
     if want_major is not None and have > want_major:
-        reasons.append(f"GCC {have}, newer than the GCC {want_major} torch was built with")
+        reasons.append(f"is GCC {have}, newer than the GCC {want_major} torch was built with")
     if private_of(configured):
         reasons.append("links its own copy of libstdc++ into shared objects")
     if not reasons:
         return None, None, ""
-    why = f"{configured} is " + " and ".join(reasons) if reasons[0].startswith("GCC") else f"{configured} " + reasons[0]
+    why = f"{configured} " + " and ".join(reasons)
     names = ([f"g++-{want_major}"] if want_major is not None else []) + ["/usr/bin/g++", "g++", "c++"]
     for name in names:
         path = which(name)
