@@ -190,9 +190,11 @@ def flatten_linear_directions(patch: Patch, weight: Tensor, r: Tensor) -> Tensor
     """Dense ``W J_k diag(r)`` for ``Linear(Flatten(.))`` straight from patches: (N, n, out).
 
     One batched matmul over positions contracts each position's (C0, R, R, C) window with the
-    Linear columns of that position (out * C * C0 R^2 per position instead of out * C * n);
-    the windows are then added into the input canvas with one ``index_add`` (output features
-    innermost, so it moves contiguous rows; its backward is one ``index_select``).
+    Linear columns of that position (out * C * C0 R^2 per position instead of out * C * n).
+    The windows are ordered (u, v, sample) inside each position, so the product is already a
+    stack of (sample, out) slabs, one per window entry, that one ``index_add`` over dim 0 adds
+    into the input canvas (its backward is one ``index_select``); no transpose of the product,
+    which is R^2 H W / n times larger than the result, is ever made.
     """
     P, S, pad = patch
     N = r.shape[0]
@@ -202,11 +204,11 @@ def flatten_linear_directions(patch: Patch, weight: Tensor, r: Tensor) -> Tensor
     out_f = weight.shape[0]
     H0, W0 = r.shape[2:]
     w = weight.reshape(out_f, C, H * W).permute(2, 1, 0).contiguous()  # (HW, C, out)
-    Y = torch.bmm(P.permute(1, 2, 0, 3, 4, 5, 6).reshape(H * W, N * C0 * Rh * Rw, C), w)
-    Y = Y.reshape(H * W, N * C0, Rh * Rw, out_f).transpose(0, 1).reshape(N * C0, H * W * Rh * Rw, out_f)
+    A = P.permute(1, 2, 4, 5, 0, 3, 6).reshape(H * W, Rh * Rw * N * C0, C)  # (h w, u v b c0, c)
+    Y = torch.bmm(A, w).reshape(H * W * Rh * Rw, N * C0, out_f)
     Yc, Xc = max((H - 1) * S[0] + Rh, pad[0] + H0), max((W - 1) * S[1] + Rw, pad[1] + W0)
     h, w_, u, v = torch.meshgrid(*(torch.arange(k, device=P.device) for k in (H, W, Rh, Rw)), indexing="ij")
     index = ((h * S[0] + u) * Xc + (w_ * S[1] + v)).flatten()  # canvas position of each window entry
-    canvas = P.new_zeros(N * C0, Yc * Xc, out_f).index_add(1, index, Y)  # backward: one index_select
-    J = canvas.reshape(N, C0, Yc, Xc, out_f)[:, :, pad[0]: pad[0] + H0, pad[1]: pad[1] + W0]
+    canvas = P.new_zeros(Yc * Xc, N * C0, out_f).index_add(0, index, Y)  # backward: one index_select
+    J = canvas.reshape(Yc, Xc, N, C0, out_f)[pad[0]: pad[0] + H0, pad[1]: pad[1] + W0].permute(2, 3, 0, 1, 4)
     return (J * r[..., None]).reshape(N, C0 * H0 * W0, out_f)
