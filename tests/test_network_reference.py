@@ -1,4 +1,5 @@
 """Whole-network ETB against independent references (float64)."""
+import math
 import pytest
 import torch
 from torch import nn
@@ -159,3 +160,28 @@ def test_patches_form_equals_dense_directions(monkeypatch):
     torch.testing.assert_close(got.radius, ref.radius)
     for a, b in zip(layers, layers_ref):
         torch.testing.assert_close(a.radius, b.radius)
+
+
+@pytest.mark.parametrize("c0,pad,stride,batch", [(3, 1, 2, 2), (2, 0, 1, 1), (1, 2, 1, 3)])
+def test_flatten_linear_from_patches_equals_dense(c0, pad, stride, batch):
+    """Linear(Flatten(.)) applied to patches equals the dense directions times the weight, with
+    several input channels, padding (windows that leave the image) and samples in one call."""
+    from etbkernels.network import patches
+    from etbkernels.network.layers import ConvOp
+
+    g = torch.Generator().manual_seed(11)
+    conv1 = ConvOp(torch.randn(4, c0, 3, 3, generator=g, dtype=torch.float64), None, (1, 1), (pad, pad), (1, 1), 1,
+                   (c0, 9, 9))
+    conv2 = ConvOp(torch.randn(5, 4, 3, 3, generator=g, dtype=torch.float64), None, (stride, stride), (pad, pad),
+                   (1, 1), 1, conv1.out_shape)
+    s = (torch.rand((batch,) + tuple(conv1.out_shape), generator=g) > 0.4).double()
+    r = torch.rand(batch, c0, 9, 9, generator=g, dtype=torch.float64)
+    P = patches.apply(patches.mask(patches.apply(patches.identity((c0, 9, 9), torch.float64, "cpu"), conv1), s),
+                      conv2)
+    weight = torch.randn(7, math.prod(conv2.out_shape), generator=g, dtype=torch.float64)
+    got = patches.flatten_linear_directions(P, weight, r)
+    dense = patches.to_directions(P, r)  # (N, n, C, H, W)
+    want = dense.flatten(2) @ weight.T
+    assert got.shape == (batch, c0 * 81, 7)
+    assert want.abs().max() > 0.1
+    torch.testing.assert_close(got, want)
