@@ -210,3 +210,23 @@ def test_fashion_mnist_folder_train(tmp_path):
                  "--threads", "1", "--no-progress"]) == 0
     r = json.loads((tmp_path / "run" / "eval_eps0.05.json").read_text())
     assert r["n"] == 6 and r["dataset"] == "fashion-mnist" and r["ibp_violation_rate"] == 0
+
+
+def test_tradeoff_labels_do_not_overlap():
+    """Points at the same PGD accuracy (0% is common) get labels that do not cover each other."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from etbkernels.training.plot import _label_points
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    pts = [(f"train {e} / eval {e}", x, 0.0, "k") for e, x in [(0.1, 98.6), (0.2, 98.7), (0.3, 98.8), (0, 98.9)]]
+    pts.append(("train 0.1 / eval 0.1", 95.5, 87.5, "k"))
+    ax.plot([p[1] for p in pts], [p[2] for p in pts], "o")
+    ax.margins(x=0.12, y=0.08)
+    _label_points(fig, ax, pts)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    plt.close(fig)
+    assert len(boxes) == len(pts)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

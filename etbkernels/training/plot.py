@@ -43,13 +43,15 @@ def plot_tradeoff(results: List[Dict], out: Union[str, Path], *, title: str = ""
     by_method: Dict[str, List[Dict]] = {}
     for r in results:
         by_method.setdefault(r["method"], []).append(r)
+    points = []
     for method, rs in sorted(by_method.items()):
         rs = sorted(rs, key=lambda r: r["eps"])
         xs, ys = [100 * r["clean_acc"] for r in rs], [100 * r["pgd_acc"] for r in rs]
-        ax.plot(xs, ys, marker=MARKERS.get(method, "x"), linestyle="", markersize=8, label=method)
-        for r, xv, yv in zip(rs, xs, ys):
-            lab = f"train {r.get('train_eps', 0):g} / eval {r['eps']:g}"
-            ax.annotate(lab, (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        (line,) = ax.plot(xs, ys, marker=MARKERS.get(method, "x"), linestyle="", markersize=8, label=method)
+        points += [(f"train {r.get('train_eps', 0):g} / eval {r['eps']:g}", xv, yv, line.get_color())
+                   for r, xv, yv in zip(rs, xs, ys)]
+    ax.margins(x=0.12, y=0.08)
+    _label_points(fig, ax, points)
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel("PGD accuracy (%) at the eval eps")
     ax.set_title(title or "robustness-accuracy trade-off")
@@ -61,3 +63,26 @@ def plot_tradeoff(results: List[Dict], out: Union[str, Path], *, title: str = ""
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def _label_points(fig, ax, points) -> None:
+    """Labels each point, in its marker's colour, at the first of a few offsets where the label
+    overlaps no earlier one and stays inside the axes (points at the same PGD accuracy are
+    common, e.g. 0%)."""
+    fig.tight_layout()
+    fig.canvas.draw()  # positions of annotations are only known after a draw
+    renderer = fig.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    placed = []
+    offsets = [((4, 4), "left"), ((4, -11), "left"), ((-4, 4), "right"), ((-4, -11), "right"),
+               ((4, 14), "left"), ((-4, 14), "right"), ((4, -21), "left"), ((-4, -21), "right")]
+    for text, xv, yv, color in sorted(points, key=lambda p: (p[2], p[1])):
+        for i, (xy, ha) in enumerate(offsets):
+            ann = ax.annotate(text, (xv, yv), textcoords="offset points", xytext=xy, ha=ha, fontsize=7,
+                              color=color)
+            box = ann.get_window_extent(renderer)
+            fits = inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1)
+            if (fits and not any(box.overlaps(b) for b in placed)) or i == len(offsets) - 1:
+                placed.append(box)
+                break
+            ann.remove()
