@@ -51,13 +51,13 @@ def plot_tradeoff(results: List[Dict], out: Union[str, Path], *, title: str = ""
         points += [(f"train {r.get('train_eps', 0):g} / eval {r['eps']:g}", xv, yv, line.get_color())
                    for r, xv, yv in zip(rs, xs, ys)]
     ax.margins(x=0.12, y=0.08)
-    _label_points(fig, ax, points)
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel("PGD accuracy (%) at the eval eps")
     ax.set_title(title or "robustness-accuracy trade-off")
     ax.grid(alpha=0.3)
     ax.legend(title="trained with")
-    fig.tight_layout()
+    fig.tight_layout()  # final axes size first: labels are placed inside it
+    _label_points(fig, ax, points)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
@@ -69,7 +69,6 @@ def _label_points(fig, ax, points) -> None:
     """Labels each point, in its marker's colour, at the first of a few offsets where the label
     overlaps no earlier one and stays inside the axes (points at the same PGD accuracy are
     common, e.g. 0%)."""
-    fig.tight_layout()
     fig.canvas.draw()  # positions of annotations are only known after a draw
     renderer = fig.canvas.get_renderer()
     inside = ax.get_window_extent(renderer)
