@@ -168,6 +168,13 @@ def mask(patch: Patch, s: Tensor) -> Patch:
     return P * s.permute(0, 2, 3, 1)[:, :, :, None, None, None, :], S, pad
 
 
+def _canvas_size(patch: Patch, H0: int, W0: int) -> Tuple[int, int]:
+    """Rows and columns of a canvas that holds every window and the (padded) input."""
+    P, S, pad = patch
+    H, W, _, Rh, Rw = P.shape[1:6]
+    return max((H - 1) * S[0] + Rh, pad[0] + H0), max((W - 1) * S[1] + Rw, pad[1] + W0)
+
+
 def to_directions(patch: Patch, r: Tensor) -> Tensor:
     """Dense ``J_k diag(r)`` in direction-major layout (N, n, C, H, W)."""
     P, S, pad = patch
@@ -176,7 +183,7 @@ def to_directions(patch: Patch, r: Tensor) -> Tensor:
         P = P.expand((N,) + P.shape[1:])
     _, H, W, C0, Rh, Rw, C = P.shape
     H0, W0 = r.shape[2:]
-    Yc, Xc = max((H - 1) * S[0] + Rh, pad[0] + H0), max((W - 1) * S[1] + Rw, pad[1] + W0)
+    Yc, Xc = _canvas_size(patch, H0, W0)
     h, w, u, v = torch.meshgrid(*(torch.arange(k, device=P.device) for k in (H, W, Rh, Rw)), indexing="ij")
     index = (((h * S[0] + u) * Xc + (w * S[1] + v)) * H + h) * W + w  # canvas (y, x, h, w) per (h, w, u, v)
     src = P.permute(0, 3, 1, 2, 4, 5, 6).reshape(N, C0, H * W * Rh * Rw, C)
@@ -206,7 +213,7 @@ def flatten_linear_directions(patch: Patch, weight: Tensor, r: Tensor) -> Tensor
     w = weight.reshape(out_f, C, H * W).permute(2, 1, 0).contiguous()  # (HW, C, out)
     A = P.permute(1, 2, 4, 5, 0, 3, 6).reshape(H * W, Rh * Rw * N * C0, C)  # (h w, u v b c0, c)
     Y = torch.bmm(A, w).reshape(H * W * Rh * Rw, N * C0, out_f)
-    Yc, Xc = max((H - 1) * S[0] + Rh, pad[0] + H0), max((W - 1) * S[1] + Rw, pad[1] + W0)
+    Yc, Xc = _canvas_size(patch, H0, W0)
     h, w_, u, v = torch.meshgrid(*(torch.arange(k, device=P.device) for k in (H, W, Rh, Rw)), indexing="ij")
     index = ((h * S[0] + u) * Xc + (w_ * S[1] + v)).flatten()  # canvas position of each window entry
     canvas = P.new_zeros(Yc * Xc, N * C0, out_f).index_add(0, index, Y)  # backward: one index_select
