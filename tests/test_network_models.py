@@ -42,3 +42,21 @@ def test_zoo_bounds_consistent(make):
 def test_mlp_builder():
     m = models.mlp((6, 5, 4, 3))
     assert m(torch.rand(2, 6)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("make", [models.small_cnn, models.medium_cnn, models.large_cnn, models.mlp])
+@pytest.mark.parametrize("grad", [False, True])
+def test_default_chunk_cpu_cache_cap(make, grad):
+    """On CPU the forward path's largest per-chunk tensor stays near CPU_CACHE_CHUNK_BYTES (it
+    was 1 GiB, which sent every elementwise pass to DRAM); elsewhere only the memory rule holds."""
+    from etbkernels.network.api import CPU_CACHE_CHUNK_BYTES, _forward_chunk
+
+    x = torch.rand(1, 1, 28, 28)
+    net = parse_model(make(), (1, 28, 28), x)
+    peak, total = forward_numel_per_sample(net), forward_numel_per_sample(net, total=grad)
+    memory = max(1, DEFAULT_CHUNK_BYTES // (3 * total * 4))
+    cpu, gpu = _forward_chunk(net, grad, 4, torch.device("cpu")), _forward_chunk(net, grad, 4, torch.device("cuda"))
+    assert gpu == memory
+    assert cpu == min(memory, max(1, CPU_CACHE_CHUNK_BYTES // (peak * 4)))
+    assert cpu == 1 or cpu * peak * 4 <= CPU_CACHE_CHUNK_BYTES < (cpu + 1) * peak * 4
+    assert cpu < memory  # every zoo model is capped: the rule changes something

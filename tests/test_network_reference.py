@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import etbkernels
-from etbkernels.network import Normalize, bounds, margin_spec
+from etbkernels.network import Normalize, bounds, margin_spec, models
 from network_ref import blockwise_jacobian_ref, per_logit_autograd
 
 torch.manual_seed(0)
@@ -185,3 +185,22 @@ def test_flatten_linear_from_patches_equals_dense(c0, pad, stride, batch):
     assert got.shape == (batch, c0 * 81, 7)
     assert want.abs().max() > 0.1
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+@pytest.mark.parametrize("make,shape", [(tiny_cnn, (2, 7, 7)), (lambda: models.mlp((12, 9, 7, 4)),
+                                                                  (3, 2, 2))])
+def test_no_grad_inplace_masks_equal_graph_path(make, shape, chunk):
+    """Under no_grad the masks are applied in place; the result must equal the out-of-place path
+    (taken when a graph is recorded), over several chunks that share the first-stage patches."""
+    torch.manual_seed(3)
+    model = make().double()
+    x = torch.rand((7,) + shape, dtype=torch.float64)
+    for mask in ("etb", "ibp"):
+        with torch.no_grad():
+            fast, fast_layers = bounds(model, x, 0.05, mask=mask, return_layers=True, chunk_size=chunk)
+        ref, ref_layers = bounds(model, x, 0.05, mask=mask, return_layers=True, chunk_size=chunk)
+        assert ref.radius.requires_grad  # the graph path really ran
+        torch.testing.assert_close(fast.radius, ref.radius.detach())
+        for a, b in zip(fast_layers, ref_layers):
+            torch.testing.assert_close(a.radius, b.radius.detach())

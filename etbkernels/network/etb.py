@@ -105,6 +105,12 @@ def forward_numel_per_sample(net: Network, total: bool = False) -> int:
     return sum(sizes) if total else peak
 
 
+def _abs_sum_directions(D: Tensor) -> Tensor:
+    """``sum_i |D[:, i]|`` over the directions (dim 1): the radius. Not ``vector_norm(ord=1)``,
+    which reduces a middle dimension ~9x slower on CPU (2.3 vs 0.25 ms for (4, 784, 512))."""
+    return D.abs().sum(1)
+
+
 def _next_activation(z: Tensor, s: Tensor, center_at: str) -> Tensor:
     return s * z if center_at == "linear" else torch.relu(z)
 
@@ -139,11 +145,16 @@ def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
         z = op.forward(z)
     out: List[CR] = []
     for k in range(1, len(net.stages)):
-        radius = patches.radius(P, r) if P is not None else torch.linalg.vector_norm(D, ord=1, dim=1)
+        radius = patches.radius(P, r) if P is not None else _abs_sum_directions(D)
         out.append((z, radius))
         s = (z + radius > 0).to(z.dtype).detach() if masks is None else masks[k - 1]
+        # without a graph the masks go in place (no new tensor): P and D are this chunk's own,
+        # except the shared first-stage patches, which have batch 1 and are never changed
+        inplace = not torch.is_grad_enabled()
         if P is not None:
-            P = patches.mask(P, s)
+            P = patches.mask(P, s, inplace=inplace and P[0] is not first[0])
+        elif inplace:
+            D = D.mul_(s.unsqueeze(1))
         else:
             D = D * s.unsqueeze(1)
         z = _next_activation(z, s, center_at)
@@ -172,7 +183,7 @@ def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
             D, z = D @ spec.T, z @ spec.T
         else:
             D, z = torch.einsum("nim,nkm->nik", D, spec), torch.einsum("nm,nkm->nk", z, spec)
-    out.append((z, torch.linalg.vector_norm(D, ord=1, dim=1)))
+    out.append((z, _abs_sum_directions(D)))
     return out
 
 

@@ -162,10 +162,16 @@ def radius(patch: Patch, r: Tensor) -> Tensor:
     return rad.reshape(N, H, W, C).permute(0, 3, 1, 2)
 
 
-def mask(patch: Patch, s: Tensor) -> Patch:
-    """``S_k J_k``: zero the rows of neurons whose mask s (N, C, H, W) is 0."""
+def mask(patch: Patch, s: Tensor, inplace: bool = False) -> Patch:
+    """``S_k J_k``: zero the rows of neurons whose mask s (N, C, H, W) is 0.
+
+    ``inplace``: multiply P itself (no new tensor) where P already has the full batch; only for
+    a P that nothing else holds and no graph records."""
     P, S, pad = patch
-    return P * s.permute(0, 2, 3, 1)[:, :, :, None, None, None, :], S, pad
+    sv = s.permute(0, 2, 3, 1)[:, :, :, None, None, None, :]
+    if inplace and P.shape[0] == s.shape[0]:
+        return P.mul_(sv), S, pad
+    return P * sv, S, pad
 
 
 def _canvas_size(patch: Patch, H0: int, W0: int) -> Tuple[int, int]:
