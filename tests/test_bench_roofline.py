@@ -1,0 +1,55 @@
+"""bench/roofline_network.py and bench/chunk_size_network.py (sources of figures in
+docs/networks.md) run, count the flops they claim, and write their tables."""
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+
+
+@pytest.fixture
+def bench_module():
+    sys.path.insert(0, BENCH)
+    try:
+        yield __import__
+    finally:
+        sys.path.remove(BENCH)
+
+
+def test_flop_count_of_known_ops(bench_module):
+    roofline = bench_module("roofline_network")
+    a, b = torch.randn(7, 5), torch.randn(5, 3)
+    assert roofline.count_flops(lambda: a @ b) == 2 * 7 * 5 * 3
+    x, w = torch.randn(2, 3, 9, 9), torch.randn(4, 3, 3, 3)
+    # a convolution: 2 * (output numel) * (C_in * kh * kw)
+    assert roofline.count_flops(lambda: torch.nn.functional.conv2d(x, w)) == 2 * (2 * 4 * 7 * 7) * 27
+    xr = x.clone().requires_grad_(True)
+    fwd_bwd = roofline.count_flops(lambda: torch.nn.functional.conv2d(xr, w).sum().backward())
+    assert fwd_bwd == 2 * 2 * (2 * 4 * 7 * 7) * 27  # backward (grad of the input only) = forward
+
+
+def test_roofline_small(bench_module, tmp_path):
+    roofline = bench_module("roofline_network")
+    out = tmp_path / "rl"
+    assert roofline.main(["--batch", "3", "--repeats", "1", "--models", "small", "--out", str(out)]) == 0
+    (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]
+    m = row["methods"]
+    assert all(m[k]["gflop"] > 0 and m[k]["time_s"] > 0 for k in roofline.METHODS)
+    # per-logit and ETB(mask=ibp) do the same K backward passes; mask=etb pushes all n directions
+    assert 0.9 < row["per_logit_over_etb_mask_ibp"]["flop_ratio"] < 1.3
+    assert m["etb_mask_etb"]["gflop"] > 2 * m["etb_mask_ibp"]["gflop"] > 2 * m["ibp"]["gflop"]
+    assert "## small CNN" in out.with_suffix(".md").read_text()
+
+
+def test_chunk_size_small(bench_module, tmp_path):
+    chunks = bench_module("chunk_size_network")
+    out = tmp_path / "cs"
+    assert chunks.main(["--cases", "small", "--batch", "3", "--chunks", "1", "--repeats", "1",
+                        "--out", str(out)]) == 0
+    (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert set(row["seconds"]) == {"1", "3", "default"}  # 3: the 1 GiB rule's chunk, capped by the batch
+    assert row["default_chunk"] == 3 and row["memory_chunk"] == 3
+    assert "| small | 3 |" in out.with_suffix(".md").read_text()
