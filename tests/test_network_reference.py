@@ -191,8 +191,9 @@ def test_flatten_linear_from_patches_equals_dense(c0, pad, stride, batch):
 @pytest.mark.parametrize("make,shape", [(tiny_cnn, (2, 7, 7)), (lambda: models.mlp((12, 9, 7, 4)),
                                                                   (3, 2, 2))])
 def test_no_grad_inplace_masks_equal_graph_path(make, shape, chunk):
-    """Under no_grad the masks are applied in place; the result must equal the out-of-place path
-    (taken when a graph is recorded), over several chunks that share the first-stage patches."""
+    """Under no_grad the masks are applied in place, forward and backward; the result must equal
+    the out-of-place path (taken when a graph is recorded), over several chunks that share the
+    first-stage patches."""
     torch.manual_seed(3)
     model = make().double()
     x = torch.rand((7,) + shape, dtype=torch.float64)
@@ -204,3 +205,24 @@ def test_no_grad_inplace_masks_equal_graph_path(make, shape, chunk):
         torch.testing.assert_close(fast.radius, ref.radius.detach())
         for a, b in zip(fast_layers, ref_layers):
             torch.testing.assert_close(a.radius, b.radius.detach())
+        # output rows only: mask="ibp" pulls them backward (etb._pull_back), masks in place too
+        with torch.no_grad():
+            fast = bounds(model, x, 0.05, mask=mask, chunk_size=chunk)
+        ref = bounds(model, x, 0.05, mask=mask, chunk_size=chunk)
+        assert ref.radius.requires_grad
+        torch.testing.assert_close(fast.radius, ref.radius.detach())
+
+
+def test_no_grad_inplace_masks_leave_the_callers_spec_alone():
+    """A net whose last stage is only a Flatten (trailing ReLU) starts the pull-back with a view of
+    the caller's spec: the in-place masks must not write into it."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten()).double()
+    x = torch.rand(4, 2, 6, 6, dtype=torch.float64)
+    spec = torch.randn(4, 5, 48, dtype=torch.float64)
+    keep = spec.clone()
+    with torch.no_grad():
+        fast = bounds(model, x, 0.05, mask="ibp", spec=spec)
+    torch.testing.assert_close(spec, keep, rtol=0, atol=0)
+    ref = bounds(model, x, 0.05, mask="ibp", spec=spec)
+    torch.testing.assert_close(fast.radius, ref.radius.detach())

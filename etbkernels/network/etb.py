@@ -244,6 +244,9 @@ _BACKWARD_IMAGES = 512
 def _pull_back(net: Network, lam: Tensor, masks: Sequence[Tensor], r: Tensor) -> Tensor:
     """``sum_i |(lam J_L)_i| r_i`` for rows lam (N, K, *out_shape) pulled back through the net."""
     N, K = lam.shape[0], lam.shape[1]
+    # without a graph the masks go in place once lam is a tensor this function made (every op
+    # but Flatten returns a new one; the caller's rows may be an expanded identity)
+    owned, inplace = False, not torch.is_grad_enabled()
     for k in range(len(net.stages) - 1, -1, -1):
         for i, op in enumerate(reversed(net.stages[k])):
             if i == 0 and isinstance(op, LinearOp) and lam.dim() == 3:
@@ -256,6 +259,8 @@ def _pull_back(net: Network, lam: Tensor, masks: Sequence[Tensor], r: Tensor) ->
                     lam4 = lam4.contiguous(memory_format=torch.channels_last)
                 lam = op.transpose(lam4)
                 lam = lam.reshape((N, K) + tuple(op.in_shape))
+            owned = owned or not isinstance(op, FlattenOp)
         if k > 0:
-            lam = lam * masks[k - 1].unsqueeze(1)
+            m = masks[k - 1].unsqueeze(1)
+            lam = lam.mul_(m) if inplace and owned else lam * m
     return torch.einsum("nki,ni->nk", lam.abs().flatten(2), r.flatten(1))
