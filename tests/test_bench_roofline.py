@@ -1,5 +1,5 @@
-"""bench/roofline_network.py and bench/chunk_size_network.py (sources of figures in
-docs/networks.md) run, count the flops they claim, and write their tables."""
+"""bench/roofline_network.py, chunk_size_network.py and micro_network_ops.py (sources of figures
+in docs/networks.md) run, count the flops they claim, and write their tables."""
 import json
 import os
 import sys
@@ -53,3 +53,12 @@ def test_chunk_size_small(bench_module, tmp_path):
     assert set(row["seconds"]) == {"1", "3", "default"}  # 3: the 1 GiB rule's chunk, capped by the batch
     assert row["default_chunk"] == 3 and row["memory_chunk"] == 3
     assert "| small | 3 |" in out.with_suffix(".md").read_text()
+
+
+def test_micro_network_ops(bench_module, tmp_path):
+    micro = bench_module("micro_network_ops")
+    out = tmp_path / "micro"
+    assert micro.main(["--repeats", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [tuple(r["shape"]) for r in rows] == micro.SHAPES
+    assert all(r["abs_sum_ms"] > 0 and r["vector_norm_ms"] > 0 for r in rows)

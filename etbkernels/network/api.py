@@ -21,8 +21,8 @@ CENTER_AT = ("output", "linear")
 DEFAULT_CHUNK_BYTES = 1 << 30
 #: On CPU the forward (``mask="etb"``) path also keeps its largest per-chunk tensor near this size,
 #: so a chunk's elementwise passes and scatter-adds stay in the last-level cache: on a 2-core EPYC
-#: (32 MiB L3), batch 256, chunks of 8 (small CNN) or 2-8 (medium) samples were 2.7x and 1.7x
-#: faster than 1 GiB chunks (``bench/chunk_size_network.py``).
+#: (32 MiB L3), batch 256, the default chunks (8 samples on the small CNN, 4 on the medium) were
+#: 1.9x and 1.4x faster than 1 GiB chunks (``bench/chunk_size_network.py``).
 CPU_CACHE_CHUNK_BYTES = 32 << 20
 
 
