@@ -1,6 +1,7 @@
-"""Timing and memory helpers shared by the benchmarks: medians of interleaved repeats (these
-machines are noisy, so every ratio is taken against a baseline measured in the same run) and
-peak extra resident memory measured in a fresh subprocess."""
+"""Timing, memory and output helpers shared by the benchmarks: medians of interleaved repeats
+(these machines are noisy, so every ratio is taken against a baseline measured in the same run),
+peak extra resident memory measured in a fresh subprocess, and writing a result pair
+(``.json`` data, ``.md`` table)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,21 @@ import subprocess
 import sys
 import time
 from typing import Callable, Dict
+
+
+def write_results(out: str, data, lines) -> None:
+    """Writes ``out``.json (``data``) and ``out``.md (``lines``), and prints the table."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".json", "w") as f:
+        json.dump(data, f, indent=1)
+    with open(out + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``fn`` over ``repeats`` calls after one warm-up call."""
+    return interleaved_medians({"fn": fn}, repeats)["fn"]["median_s"]
 
 
 def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> Dict[str, dict]:

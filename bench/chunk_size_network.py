@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 import torch
 
@@ -31,16 +29,6 @@ CASES = {"mlp": (models.mlp, 256, False), "small": (models.small_cnn, 256, False
          "medium": (models.medium_cnn, 256, False), "small_fwd_bwd": (models.small_cnn, 128, True)}
 
 
-def _median(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def run_case(name: str, batch: int, chunks, repeats: int) -> dict:
     build, default_batch, grad = CASES[name]
     batch = batch or default_batch
@@ -48,6 +36,7 @@ def run_case(name: str, batch: int, chunks, repeats: int) -> dict:
     model = build()
     x = torch.rand(batch, 1, 28, 28)
     net = parse_model(model, tuple(x.shape[1:]), x)
+    from _timing import median_seconds
     from etbkernels.network.etb import forward_numel_per_sample
 
     memory_chunk = max(1, DEFAULT_CHUNK_BYTES // (3 * forward_numel_per_sample(net, total=grad) * 4))
@@ -62,7 +51,7 @@ def run_case(name: str, batch: int, chunks, repeats: int) -> dict:
     for c in list(chunks) + [memory_chunk, None]:
         key = "default" if c is None else str(min(c, batch))
         if key not in times:
-            times[key] = _median(lambda: call(c), repeats)
+            times[key] = median_seconds(lambda: call(c), repeats)
     return {"case": name, "batch": batch, "default_chunk": min(_forward_chunk(net, grad, 4, x.device), batch),
             "memory_chunk": min(memory_chunk, batch), "seconds": times,
             "memory_over_default": times[str(min(memory_chunk, batch))] / times["default"]}
@@ -76,6 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "chunk_size_network"))
     args = ap.parse_args(argv)
+    sys.path.insert(0, HERE)
     rows = []
     for name in args.cases:
         rows.append(run_case(name, args.batch, args.chunks, args.repeats))
@@ -89,12 +79,9 @@ def main(argv=None) -> int:
         per = ", ".join(f"{k}: {v:.3f}" for k, v in r["seconds"].items() if k != "default")
         lines.append(f"| {r['case']} | {r['batch']} | {per} | {r['memory_chunk']} | {r['default_chunk']} "
                      f"({r['seconds']['default']:.3f} s) | {r['memory_over_default']:.2f} |")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump({"threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}, f, indent=1)
-    with open(args.out + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    from _timing import write_results
+
+    write_results(args.out, {"threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}, lines)
     return 0
 
 

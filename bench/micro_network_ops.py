@@ -11,7 +11,6 @@ Medians of --repeats after a warm-up. Writes bench/results/micro_network_ops.{js
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -42,12 +41,9 @@ def main(argv=None) -> int:
              "| shape (N, n, out) | abs().sum(1) ms | vector_norm(ord=1, dim=1) ms | ratio |", "|---|---|---|---|"]
     lines += [f"| {tuple(r['shape'])} | {r['abs_sum_ms']:.3f} | {r['vector_norm_ms']:.3f} | "
               f"{r['vector_norm_ms'] / r['abs_sum_ms']:.1f} |" for r in rows]
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump({"threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}, f, indent=1)
-    with open(args.out + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    from _timing import write_results
+
+    write_results(args.out, {"threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}, lines)
     return 0
 
 

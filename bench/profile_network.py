@@ -109,12 +109,9 @@ def main(argv=None) -> int:
     for r in results:
         lines.append(f"| {r['model']} | {r['mask_ibp_total']:.3f} | {r['mask_ibp_pull_back']:.3f} | "
                      f"{r['mask_ibp_rest']:.3f} | {r['per_logit']:.3f} | {r['per_logit_over_rest']:.2f} |")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(results, f, indent=1)
-    with open(args.out + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    from _timing import write_results
+
+    write_results(args.out, results, lines)
     return 0
 
 

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -67,15 +66,10 @@ def count_flops(fn) -> int:
 
 def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
     """float32 flop/s of a size^3 torch.mm (median of ``repeats``), this machine's attainable rate."""
+    from _timing import median_seconds
+
     a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return 2 * size ** 3 / times[len(times) // 2]
+    return 2 * size ** 3 / median_seconds(lambda: a @ b, repeats)
 
 
 def method_calls(net, x):
@@ -152,13 +146,10 @@ def main(argv=None) -> int:
     for name in args.models:
         rows.append(analyse(name, args.batch, args.repeats, rate_repeats=5 if args.batch > 8 else 1))
         print(json.dumps(rows[-1]), flush=True)
-    md = markdown(rows, args.repeats)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump({"threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}, f, indent=1)
-    with open(args.out + ".md", "w") as f:
-        f.write(md)
-    print(md)
+    from _timing import write_results
+
+    write_results(args.out, {"threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows},
+                  markdown(rows, args.repeats).splitlines())
     return 0
 
 
