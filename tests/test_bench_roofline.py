@@ -62,3 +62,6 @@ def test_micro_network_ops(bench_module, tmp_path):
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert [tuple(r["shape"]) for r in rows] == micro.SHAPES
     assert all(r["abs_sum_ms"] > 0 and r["vector_norm_ms"] > 0 for r in rows)
+    taps = json.loads(out.with_suffix(".json").read_text())["taps"]
+    assert len(taps) == len(micro.TAPS)
+    assert all(r[k] > 0 for r in taps for k in ("reshape_mm_ms", "matmul_w_grad_ms", "matmul_w_frozen_ms"))

@@ -79,7 +79,11 @@ def _tap_matmul(x, w, groups, transpose=False):
     """x (..., C_in) @ w[:, :, a, e]^T per group; ``transpose``: x (..., C_out) @ w (grad wrt input)."""
     Co, Cg = w.shape
     if groups == 1:
-        return x @ (w if transpose else w.T)
+        # One 2-D mm on x's rows (copied when x is a strided slice). Not ``x @ w.T``: for a strided
+        # x, torch.matmul folds to one mm only when w requires grad; otherwise it runs a bmm of
+        # tiny products per leading index, many times slower (a frozen model: bench/micro_network_ops.py).
+        y = x.reshape(-1, x.shape[-1]) @ (w if transpose else w.T)
+        return y.reshape(x.shape[:-1] + (y.shape[-1],))
     wg = w.reshape(groups, Co // groups, Cg)
     if transpose:
         return torch.einsum("...go,goc->...gc", x.unflatten(-1, (groups, Co // groups)), wg).flatten(-2)
