@@ -17,6 +17,7 @@ takes longer than 20 s). Writes bench/results/bench_network.{json,md}.
 
     python bench/bench_network.py                 # small + medium CNN, batch 256
     python bench/bench_network.py --batch 64 --models small
+    python bench/bench_network.py --frozen --out bench/results/bench_network_frozen   # requires_grad=False
 """
 from __future__ import annotations
 
@@ -96,12 +97,15 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-etb-mask-etb", action="store_true", help="skip the slow all-layer ETB timing")
     ap.add_argument("--skip-backward", action="store_true")
+    ap.add_argument("--frozen", action="store_true",
+                    help="parameters with requires_grad=False, as when verifying a trained model (no backward timings)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "bench_network"))
     args = ap.parse_args()
     torch.manual_seed(0)
     rows, notes = [], []
     for name in args.models:
         model = {"small": models.small_cnn, "medium": models.medium_cnn, "large": models.large_cnn}[name]().eval()
+        model.requires_grad_(not args.frozen)
         x = torch.rand(args.batch, 1, 28, 28)
         # same numbers: the fast path and the per-logit algorithm agree
         with torch.no_grad():
@@ -122,12 +126,9 @@ def main():
             notes.append(note)
         res = {}
         for key, fn in tqdm(list(fns.items()), desc=f"{name} no-grad"):
-            with torch.no_grad():
-                if key == "per_logit":  # needs autograd inside
-                    res[key] = _time(fn, args.repeats)
-                else:
-                    res[key] = _time(fn, args.repeats)
-        if not args.skip_backward:
+            with torch.no_grad():  # per_logit enables autograd inside
+                res[key] = _time(fn, args.repeats)
+        if not (args.skip_backward or args.frozen):
             back = {"ibp_fwd_bwd": lambda: _fwd_bwd(model, x, method="ibp"),
                     "etb_mask_ibp_fwd_bwd": lambda: _fwd_bwd(model, x, mask="ibp")}
             for key, fn in tqdm(list(back.items()), desc=f"{name} fwd+bwd"):
@@ -141,7 +142,7 @@ def main():
         print(row, flush=True)
         rows.append(row)
     meta = {"threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": "float32", "eps": EPS,
-            "repeats": args.repeats, "load_avg_at_end": os.getloadavg()}
+            "repeats": args.repeats, "frozen": args.frozen, "load_avg_at_end": os.getloadavg()}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump({"meta": meta, "notes": notes, "rows": rows}, f, indent=1)
