@@ -231,7 +231,7 @@ def test_no_grad_inplace_masks_leave_the_callers_spec_alone():
 def test_patch_conv_taps_are_single_mms_for_frozen_weights():
     """A strided slice of the patches times a weight tap must run as one mm whether or not the
     weight requires grad: ``x @ w.T`` runs a bmm of tiny per-row products for a frozen weight
-    (a frozen model's mask="etb" bounds were 15-17x slower). Same bounds either way."""
+    (a frozen model's mask="etb" bounds were 16-19x slower: bench_network.py --frozen). Same bounds."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from etbkernels.network import patches
