@@ -73,7 +73,6 @@ def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
 
 
 def method_calls(net, x):
-    sys.path.insert(0, HERE)
     from bench_network import per_logit_autograd  # the baseline the docs compare with
 
     return {"ibp": lambda: etbkernels.bounds(net, x, EPS, method="ibp"),

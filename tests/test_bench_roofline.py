@@ -65,3 +65,17 @@ def test_micro_network_ops(bench_module, tmp_path):
     taps = json.loads(out.with_suffix(".json").read_text())["taps"]
     assert len(taps) == len(micro.TAPS)
     assert all(r[k] > 0 for r in taps for k in ("reshape_mm_ms", "matmul_w_grad_ms", "matmul_w_frozen_ms"))
+
+
+def test_chunk_plan(bench_module, tmp_path):
+    """The per-model chunk table that docs/networks.md quotes: the CPU cap never exceeds the
+    memory rule and is below it for every zoo model."""
+    chunks = bench_module("chunk_size_network")
+    out = tmp_path / "plan"
+    assert chunks.main(["--plan-only", "--out", str(out)]) == 0
+    plan = {r["model"]: r for r in json.loads(out.with_suffix(".json").read_text())["plan"]}
+    assert set(plan) == set(chunks.PLAN_MODELS)
+    for r in plan.values():
+        assert all(1 <= c < m for c, m in zip(r["cpu_default_chunk"], r["memory_chunk"]))
+    assert plan["large"]["largest_numel_per_sample"] > plan["medium"]["largest_numel_per_sample"]
+    assert "| medium |" in out.with_suffix(".md").read_text()

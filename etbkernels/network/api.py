@@ -179,10 +179,16 @@ def _etb(net: Network, mu, r, mask, center_at, spec, return_layers, chunk_size) 
     return [Bounds.from_center_radius(flat[2 * k], flat[2 * k + 1]) for k in range(L)]
 
 
+def _memory_chunk(net: Network, grad: bool, elem: int) -> int:
+    """Samples per chunk of :func:`etb_forward` that keep its tensors near ``DEFAULT_CHUNK_BYTES``
+    (with gradients a chunk's whole graph is alive in backward)."""
+    return max(1, DEFAULT_CHUNK_BYTES // max(1, 3 * forward_numel_per_sample(net, total=grad) * elem))
+
+
 def _forward_chunk(net: Network, grad: bool, elem: int, device) -> int:
-    """Default samples per chunk of :func:`etb_forward`: bounded memory (with gradients a chunk's
-    whole graph is alive in backward) and, on CPU, the largest tensor about cache-sized."""
-    chunk = max(1, DEFAULT_CHUNK_BYTES // max(1, 3 * forward_numel_per_sample(net, total=grad) * elem))
+    """Default samples per chunk of :func:`etb_forward`: :func:`_memory_chunk`, and on CPU at most
+    what keeps the largest tensor about cache-sized."""
+    chunk = _memory_chunk(net, grad, elem)
     if device.type == "cpu":
         chunk = min(chunk, max(1, CPU_CACHE_CHUNK_BYTES // max(1, forward_numel_per_sample(net) * elem)))
     return chunk
