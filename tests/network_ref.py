@@ -14,13 +14,16 @@ def modules(model):
     return out
 
 
-def ibp_ref(model, x, eps):
-    """Module-by-module IBP; returns (output lower, upper, [upper bound at each ReLU input])."""
+def ibp_ref(model, x, eps, lowers=None):
+    """Module-by-module IBP; returns (output lower, upper, [upper bound at each ReLU input]).
+    ``lowers``: a list that receives the lower bound at each ReLU input."""
     c, r = x, torch.as_tensor(eps, dtype=x.dtype).expand_as(x)
     uppers = []
     for m in modules(model):
         if isinstance(m, nn.ReLU):
             uppers.append(c + r)
+            if lowers is not None:
+                lowers.append(c - r)
             u, l = torch.relu(c + r), torch.relu(c - r)
             c, r = (u + l) / 2, (u - l) / 2
         elif isinstance(m, nn.Linear):
@@ -114,3 +117,122 @@ def blockwise_jacobian_ref(model, x, eps, center_at="linear", spec=None):
     stacked = [(torch.stack([p[k][0] for p in per_sample]), torch.stack([p[k][1] for p in per_sample]))
                for k in range(L)]
     return stacked[-1], stacked[:-1]
+
+
+def affine_segments(model, x, per_module=False):
+    """The network cut at its ReLUs: [(W, b)] with segment(z) = W z + b on flattened z, read off
+    by evaluating each segment at 0 and at the unit vectors. ``per_module``: each segment as a
+    list of such maps, one per module."""
+    mods = modules(model)
+    segments, cur = [], []
+    for m in mods:
+        if isinstance(m, nn.ReLU):
+            segments.append(cur)
+            cur = []
+        else:
+            cur.append(m)
+    segments.append(cur)
+    out, shape = [], x.shape[1:]
+    for seg in segments:
+        maps = []
+        for part in ([[m] for m in seg] if per_module else [seg]):
+            n = 1
+            for s in shape:
+                n *= s
+            f = nn.Sequential(*part)
+            y0 = f(torch.zeros((1,) + tuple(shape), dtype=x.dtype))
+            b = y0.flatten(1)[0]
+            W = (f(torch.eye(n, dtype=x.dtype).reshape((n,) + tuple(shape))).flatten(1) - b).T
+            maps.append((W, b))
+            shape = y0.shape[1:]
+        out.append(maps if per_module else maps[0])
+    return out
+
+
+def _relaxation_ref(l, u):
+    """CROWN's ReLU lines, one neuron at a time: (a_l, a_u, c_u)."""
+    a_u, c_u, a_l = torch.zeros_like(u), torch.zeros_like(u), torch.zeros_like(u)
+    for j in range(u.numel()):
+        if l[j] >= 0:
+            a_u[j] = a_l[j] = 1.0
+        elif u[j] > 0:
+            a_u[j] = u[j] / (u[j] - l[j])
+            c_u[j] = -u[j] * l[j] / (u[j] - l[j])
+            a_l[j] = 1.0 if u[j] >= -l[j] else 0.0
+    return a_l, a_u, c_u
+
+
+def crown_ibp_ref(model, x, eps, spec=None, pre=None):
+    """Backward CROWN, one sample at a time with dense matrices (:func:`affine_segments`); the
+    pre-activation bounds at each ReLU are IBP's (CROWN-IBP) unless ``pre`` gives them as
+    [(lower, upper)] (flattened per sample); lower and upper bounds are relaxed separately (no
+    sign trick). Returns (lower, upper), (N, K)."""
+    if pre is None:
+        lowers = []
+        _, _, uppers = ibp_ref(model, x, eps, lowers)
+        pre = [(lo.flatten(1), up.flatten(1)) for lo, up in zip(lowers, uppers)]
+    eps_t = torch.as_tensor(eps, dtype=x.dtype).expand_as(x)
+    mats = affine_segments(model, x)
+    lo_all, up_all = [], []
+    for i in range(x.shape[0]):
+        W, b = mats[-1]
+        C = torch.eye(W.shape[0], dtype=x.dtype) if spec is None else (spec[i] if spec.dim() == 3 else spec)
+        res = []
+        for side in (-1.0, 1.0):  # -1: lower bound, +1: upper bound
+            lam, bias = C @ W, C @ b
+            for k in range(len(mats) - 2, -1, -1):
+                a_l, a_u, c_u = _relaxation_ref(pre[k][0][i], pre[k][1][i])
+                # upper bound: positive coefficients take the upper line; lower bound: the lower line
+                up_side = (lam > 0) if side > 0 else (lam < 0)
+                slope = torch.where(up_side, a_u, a_l)
+                bias = bias + (torch.where(up_side, lam, torch.zeros_like(lam)) * c_u).sum(1)
+                lam = lam * slope
+                Wk, bk = mats[k]
+                bias = bias + lam @ bk
+                lam = lam @ Wk
+            res.append(lam @ x[i].flatten() + side * (lam.abs() @ eps_t[i].flatten()) + bias)
+        lo_all.append(res[0])
+        up_all.append(res[1])
+    return torch.stack(lo_all), torch.stack(up_all)
+
+
+def crown_forward_ref(model, x, eps, spec=None):
+    """CROWN's forward mode, one sample at a time: explicit upper and lower linear functions
+    (U x + u, L x + l) through W+ / W- of each module's dense matrix (module by module, as the
+    library does: for two non-diagonal maps in a row, e.g. AvgPool2d then Conv2d, that is looser
+    than splitting their product), concretized over the box at each ReLU and intersected with an
+    interval (IBP) propagated module by module from the previous intersected intervals (the spec
+    folded into a final Linear for it). Returns [(lower, upper) flattened per sample, for each
+    ReLU input and then the output]."""
+    eps_t = torch.as_tensor(eps, dtype=x.dtype).expand_as(x)
+    segs = affine_segments(model, x, per_module=True)
+    per_sample = []
+    for i in range(x.shape[0]):
+        mu, r = x[i].flatten(), eps_t[i].flatten()
+        U = L = torch.eye(mu.numel(), dtype=x.dtype)
+        u = l = torch.zeros_like(mu)
+        box_lo, box_hi = mu - r, mu + r
+        layers = []
+        for k, maps in enumerate(segs):
+            ibp_maps = maps
+            if k == len(segs) - 1 and spec is not None:
+                C = spec[i] if spec.dim() == 3 else spec
+                ibp_maps = maps[:-1] + [(C @ maps[-1][0], C @ maps[-1][1])]
+                maps = maps + [(C, torch.zeros(C.shape[0], dtype=x.dtype))]
+            for W, b in maps:
+                Wp, Wn = W.clamp(min=0), W.clamp(max=0)
+                U, L, u, l = Wp @ U + Wn @ L, Wp @ L + Wn @ U, Wp @ u + Wn @ l + b, Wp @ l + Wn @ u + b
+            for W, b in ibp_maps:  # interval arithmetic on [box_lo, box_hi]
+                Wp, Wn = W.clamp(min=0), W.clamp(max=0)
+                box_lo, box_hi = Wp @ box_lo + Wn @ box_hi + b, Wp @ box_hi + Wn @ box_lo + b
+            hi = torch.minimum(U @ mu + U.abs() @ r + u, box_hi)
+            lo = torch.maximum(L @ mu - L.abs() @ r + l, box_lo)
+            layers.append((lo, hi))
+            if k < len(segs) - 1:
+                a_l, a_u, c_u = _relaxation_ref(lo, hi)
+                U, u = a_u[:, None] * U, a_u * u + c_u
+                L, l = a_l[:, None] * L, a_l * l
+                box_lo, box_hi = torch.relu(lo), torch.relu(hi)
+        per_sample.append(layers)
+    return [(torch.stack([p[k][0] for p in per_sample]), torch.stack([p[k][1] for p in per_sample]))
+            for k in range(len(segs))]

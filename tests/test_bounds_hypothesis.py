@@ -15,8 +15,10 @@ from etbkernels.testing import box_points
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 width = st.integers(1, 8)
-# (method, mask): IBP, ETB with its own blockwise masks (forward), ETB with IBP masks (backward rows)
-VARIANTS = [dict(method="ibp"), dict(method="etb", mask="etb"), dict(method="etb", mask="ibp")]
+# (method, mask): IBP, CROWN-IBP, CROWN's forward mode, ETB with its own blockwise masks (forward),
+# ETB with IBP masks (backward rows)
+VARIANTS = [dict(method="ibp"), dict(method="crown-ibp"), dict(method="crown-forward"),
+            dict(method="etb", mask="etb"), dict(method="etb", mask="ibp")]
 
 
 def _init(model: nn.Sequential, seed: int, dtype) -> nn.Sequential:
@@ -76,11 +78,12 @@ def _close(a, b):
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp", "crown-forward"])  # the sound methods
 @settings(deadline=None)
-@given(cases())
-def test_ibp_contains_outputs_at_sampled_points_and_vertices(case):
+@given(case=cases())
+def test_sound_methods_contain_outputs_at_sampled_points_and_vertices(method, case):
     model, x, eps = case
-    b = E.bounds(model, x, eps, method="ibp")
+    b = E.bounds(model, x, eps, method=method)
     flat = x.reshape(x.shape[0], -1)
     pts = box_points(flat, torch.full_like(flat, eps), 32)  # (32, N, n): half of them vertices
     y = model(pts.reshape((-1,) + x.shape[1:])).reshape(pts.shape[0], x.shape[0], -1)

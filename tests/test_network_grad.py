@@ -13,7 +13,8 @@ def _cnn():
                          nn.Flatten(), nn.Linear(16, 5), nn.ReLU(), nn.Linear(5, 3)).double()
 
 
-@pytest.mark.parametrize("method,mask", [("ibp", None), ("etb", "ibp"), ("etb", "etb")])
+@pytest.mark.parametrize("method,mask", [("ibp", None), ("crown-ibp", None), ("crown-forward", None), ("etb", "ibp"),
+                                         ("etb", "etb")])
 def test_gradcheck_x_eps_weight(method, mask):
     model = _cnn()
     x = torch.rand(2, 1, 5, 5, dtype=torch.float64, requires_grad=True)
@@ -26,7 +27,7 @@ def test_gradcheck_x_eps_weight(method, mask):
         m.load_state_dict(model.state_dict())
         del m[2].weight
         m[2].weight = w
-        kw = {} if method == "ibp" else {"mask": mask}
+        kw = {} if mask is None else {"mask": mask}
         b = bounds(m, x, eps, method=method, spec=C, **kw)
         return b.lower, b.upper
 

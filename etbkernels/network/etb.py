@@ -225,12 +225,12 @@ def etb_backward(net: Network, mu: Tensor, r: Tensor, center_at: str, masks: Seq
     lam = lam.reshape((N, K) + tuple(net.out_shape))
     if K == 0:
         return z, lam.new_zeros(N, 0)
-    # Convolutional nets: rows in groups of about _BACKWARD_IMAGES images per call (oneDNN's
+    # Convolutional nets: rows in groups of about BACKWARD_IMAGES images per call (oneDNN's
     # transposed convolutions: medium CNN, N = 256, 2 cores: 0.69 s in groups of 256 or 512 images,
     # 0.96 s in one batch of 2560). Dense nets keep all rows in one matmul.
     group = K
     if any(isinstance(op, ConvOp) for stage in net.stages for op in stage):
-        group = max(1, _BACKWARD_IMAGES // max(N, 1))
+        group = max(1, BACKWARD_IMAGES // max(N, 1))
         # masks in the channels-last order of the pulled-back rows: a same-layout multiply
         masks = [m.contiguous(memory_format=torch.channels_last) if m.dim() == 4 else m for m in masks]
     radius = torch.cat([_pull_back(net, lam[:, k0:k0 + group], masks, r) for k0 in range(0, K, group)], dim=1)
@@ -238,28 +238,39 @@ def etb_backward(net: Network, mu: Tensor, r: Tensor, center_at: str, masks: Seq
 
 
 # Images (samples x spec rows) per backward call of etb_backward.
-_BACKWARD_IMAGES = 512
+BACKWARD_IMAGES = 512
+
+
+def pull_back_stage(stage, lam: Tensor) -> Tuple[Tensor, bool]:
+    """Rows ``lam`` (N, K, *stage out_shape) times the stage's linear part: (N, K, *stage in_shape).
+
+    Also says whether the result is a new tensor (every op but Flatten makes one; a Flatten-only
+    stage returns a view of ``lam``), so a caller knows when it may write in place."""
+    N, K = lam.shape[0], lam.shape[1]
+    owned = False
+    for i, op in enumerate(reversed(stage)):
+        if i == 0 and isinstance(op, LinearOp) and lam.dim() == 3:
+            lam = torch.matmul(lam, op.weight)  # (N, K, out) @ (out, in)
+        else:
+            lam4 = lam.reshape((N * K,) + tuple(op.out_shape))
+            if isinstance(op, ConvOp) and lam4.dim() == 4:
+                # oneDNN's transposed convolution is up to ~2x faster on channels-last input,
+                # and its output stays channels-last: convert once, at the first conv.
+                lam4 = lam4.contiguous(memory_format=torch.channels_last)
+            lam = op.transpose(lam4)
+            lam = lam.reshape((N, K) + tuple(op.in_shape))
+        owned = owned or not isinstance(op, FlattenOp)
+    return lam, owned
 
 
 def _pull_back(net: Network, lam: Tensor, masks: Sequence[Tensor], r: Tensor) -> Tensor:
     """``sum_i |(lam J_L)_i| r_i`` for rows lam (N, K, *out_shape) pulled back through the net."""
-    N, K = lam.shape[0], lam.shape[1]
-    # without a graph the masks go in place once lam is a tensor this function made (every op
-    # but Flatten returns a new one; the caller's rows may be an expanded identity)
+    # without a graph the masks go in place once lam is a tensor this function made (the
+    # caller's rows may be an expanded identity)
     owned, inplace = False, not torch.is_grad_enabled()
     for k in range(len(net.stages) - 1, -1, -1):
-        for i, op in enumerate(reversed(net.stages[k])):
-            if i == 0 and isinstance(op, LinearOp) and lam.dim() == 3:
-                lam = torch.matmul(lam, op.weight)  # (N, K, out) @ (out, in)
-            else:
-                lam4 = lam.reshape((N * K,) + tuple(op.out_shape))
-                if isinstance(op, ConvOp) and lam4.dim() == 4:
-                    # oneDNN's transposed convolution is up to ~2x faster on channels-last input,
-                    # and its output stays channels-last: convert once, at the first conv.
-                    lam4 = lam4.contiguous(memory_format=torch.channels_last)
-                lam = op.transpose(lam4)
-                lam = lam.reshape((N, K) + tuple(op.in_shape))
-            owned = owned or not isinstance(op, FlattenOp)
+        lam, new = pull_back_stage(net.stages[k], lam)
+        owned = owned or new
         if k > 0:
             m = masks[k - 1].unsqueeze(1)
             lam = lam.mul_(m) if inplace and owned else lam * m

@@ -29,21 +29,28 @@ def ibp_stages(net: Network, center: Tensor, radius: Tensor, spec: Optional[Tens
     c, r = center, radius
     for k, stage in enumerate(net.stages):
         if k > 0:  # ReLU on both ends of the previous interval
-            up, lo = torch.relu(c + r), torch.relu(c - r)
-            c, r = (up + lo) / 2, (up - lo) / 2
-        last = k == len(net.stages) - 1
-        for i, op in enumerate(stage):
-            if last and spec is not None and i == len(stage) - 1 and isinstance(op, LinearOp):
-                c, r = _linear_with_spec(op, spec, c, r)
-                spec_done = True
-                break
-            c, r = op.forward(c), op.abs_linear(r)
-        else:
-            spec_done = False
-        if last and spec is not None and not spec_done:
-            c, r = apply_spec_center_radius(spec, c.flatten(1), r.flatten(1))
+            c, r = relu_interval(c, r)
+        c, r = ibp_stage(stage, c, r, spec if k == len(net.stages) - 1 else None)
         out.append(Bounds.from_center_radius(c, r))
     return out
+
+
+def relu_interval(c: Tensor, r: Tensor):
+    """(centre, radius) of ReLU applied to both ends of ``c +- r``."""
+    up, lo = torch.relu(c + r), torch.relu(c - r)
+    return (up + lo) / 2, (up - lo) / 2
+
+
+def ibp_stage(ops, c: Tensor, r: Tensor, spec: Optional[Tensor] = None):
+    """IBP (centre, radius) through one stage's ops; ``spec`` (for the last stage) is folded into a
+    final Linear, else applied to the output's interval (flattened)."""
+    for i, op in enumerate(ops):
+        if spec is not None and i == len(ops) - 1 and isinstance(op, LinearOp):
+            return _linear_with_spec(op, spec, c, r)
+        c, r = op.forward(c), op.abs_linear(r)
+    if spec is not None:
+        c, r = apply_spec_center_radius(spec, c.flatten(1), r.flatten(1))
+    return c, r
 
 
 def _linear_with_spec(op: LinearOp, spec: Tensor, c: Tensor, r: Tensor):

@@ -1,0 +1,138 @@
+"""CROWN-IBP: sound bounds of the output (or of spec rows) by a backward linear relaxation.
+
+IBP gives every ReLU's pre-activation interval [l, u]; the output is then bounded by pulling its
+rows back through the network (Zhang et al., "Towards Stable and Efficient Training of Verifiably
+Robust Neural Networks", ICLR 2020), replacing each ReLU by a linear bound that holds on [l, u]:
+
+    a_l z  <=  relu(z)  <=  a_u z + c_u,
+    active (l >= 0): a_l = a_u = 1, c_u = 0;   inactive (u <= 0): all 0;
+    unstable: a_u = u / (u - l), c_u = -u l / (u - l), a_l = 1 if u >= -l else 0 (CROWN's choice).
+
+For an upper bound a row's positive coefficients take the upper line and its negative ones the
+lower line; a lower bound of row c is minus the upper bound of -c. At the input the linear
+function ``lam x + bias`` is bounded over the box: ``lam mu + |lam| r + bias``. The pull-back
+is the same as ETB's ``mask="ibp"`` one (:func:`.etb.pull_back_stage`), with 2K rows.
+
+Sound up to floating-point rounding, like IBP: these bounds may be called verified.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .etb import pull_back_stage
+from .layers import ConvOp
+from .parse import Network
+
+
+def relu_relaxation(lower: Tensor, upper: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(a_l, a_u, c_u)`` with ``a_l z <= relu(z) <= a_u z + c_u`` for every z in [lower, upper].
+
+    Differentiable in the bounds through ``a_u`` and ``c_u``; ``a_l`` is a 0/1 choice (no gradient).
+    """
+    active = (lower >= 0).to(lower.dtype)
+    unstable = (lower < 0) & (upper > 0)
+    width = torch.where(unstable, upper - lower, torch.ones_like(upper))  # > 0 where used
+    a_u = torch.where(unstable, upper / width, active)
+    c_u = torch.where(unstable, -upper * lower / width, torch.zeros_like(upper))
+    a_l = torch.where(unstable, (upper >= -lower).to(lower.dtype), active).detach()
+    return a_l, a_u, c_u
+
+
+def stage_offset(stage) -> Tensor:
+    """The affine stage at zero, ``A_k(0)`` (per-sample shape): the bias it adds, whatever its ops."""
+    op0 = stage[0]
+    ref = next(t for op in stage for t in vars(op).values() if isinstance(t, Tensor))
+    z = torch.zeros((1,) + tuple(op0.in_shape), dtype=ref.dtype, device=ref.device)
+    for op in stage:
+        z = op.forward(z)
+    return z[0]
+
+
+def crown_backward(net: Network, mu: Tensor, r: Tensor, pre: Sequence[Tuple[Tensor, Tensor]],
+                       spec: Optional[Tensor] = None, images_per_call: int = 512) -> Tuple[Tensor, Tensor]:
+    """CROWN-IBP bounds of the output (or ``spec @ output``) of a chunk of samples.
+
+    Args:
+        mu, r: (N, *in_shape) box centre and radius (r >= 0).
+        pre: one ``(lower, upper)`` pair (N, *stage shape) per ReLU: sound pre-activation bounds
+            (IBP's, in CROWN-IBP).
+        spec: optional (N, K, out) or (K, out).
+        images_per_call: for convolutional nets, rows are pulled back in groups of about this
+            many images (samples x rows) per transposed convolution, as in ETB's pull-back.
+
+    Returns:
+        (lower, upper), each (N, K).
+    """
+    N = mu.shape[0]
+    out_dim = _numel(net.out_shape)
+    if spec is None:
+        rows = torch.eye(out_dim, dtype=mu.dtype, device=mu.device).expand(N, out_dim, out_dim)
+    elif spec.dim() == 2:
+        rows = spec.expand(N, -1, -1)
+    else:
+        rows = spec
+    K = rows.shape[1]
+    if K == 0:
+        return rows.new_zeros(N, 0), rows.new_zeros(N, 0)
+    lam = torch.cat([rows, -rows], dim=1).reshape((N, 2 * K) + tuple(net.out_shape))
+    relax = []
+    for lo, up in pre:
+        a_l, a_u, c_u = relu_relaxation(lo, up)
+        a = (a_l, a_u - a_l, c_u)  # the slope, the extra slope of positive coefficients, the offset
+        if lo.dim() == 4:  # the pulled-back rows are channels-last (see pull_back_stage)
+            a = tuple(t.contiguous(memory_format=torch.channels_last) for t in a)
+        relax.append(a)
+    offsets = [stage_offset(st) for st in net.stages]
+    conv = any(isinstance(op, ConvOp) for st in net.stages for op in st)
+    group = max(1, images_per_call // max(N, 1)) if conv else 2 * K
+    upper = torch.cat([_upper_bounds(net, lam[:, g:g + group], relax, offsets, mu, r)
+                       for g in range(0, 2 * K, group)], dim=1)
+    return -upper[:, K:], upper[:, :K]
+
+
+def _upper_bounds(net: Network, lam: Tensor, relax: List[Tuple[Tensor, Tensor, Tensor]], offsets: List[Tensor],
+                  mu: Tensor, r: Tensor) -> Tensor:
+    """Upper bounds of the rows ``lam`` (N, K, *out_shape) of the network's output over the box."""
+    bias = lam.new_zeros(lam.shape[:2])
+    # without a graph the relaxation goes in place once lam is a tensor made here (see _pull_back)
+    owned, inplace = False, not torch.is_grad_enabled()
+    for k in range(len(net.stages) - 1, -1, -1):
+        bias = bias + neuron_dot(lam, offsets[k])
+        lam, new = pull_back_stage(net.stages[k], lam)
+        owned = owned or new
+        if k > 0:
+            a_l, d, c_u = relax[k - 1]
+            pos = lam.clamp(min=0)
+            bias = bias + neuron_dot(pos, c_u)
+            # pos a_u + neg a_l = lam a_l + pos (a_u - a_l)
+            a_l, d = a_l.unsqueeze(1), d.unsqueeze(1)
+            lam = lam.mul_(a_l).addcmul_(pos, d) if inplace and owned else torch.addcmul(lam * a_l, pos, d)
+    return neuron_dot(lam, mu) + neuron_dot(lam.abs(), r) + bias
+
+
+def neuron_dot(lam: Tensor, v: Tensor) -> Tensor:
+    """``sum_i lam[n, k, i] v[n, i]`` over the neurons i: (N, K). ``v``: (N, *shape), or (*shape)
+    shared by all samples.
+
+    Rows pulled back through a convolution are channels-last; they are contracted in that order,
+    so no copy of ``lam`` is made."""
+    N, K = lam.shape[:2]
+    shared = v.dim() == lam.dim() - 2
+    if lam.dim() == 5 and lam.permute(0, 1, 3, 4, 2).is_contiguous():
+        lam = lam.permute(0, 1, 3, 4, 2)
+        v = v.permute(1, 2, 0) if shared else v.permute(0, 2, 3, 1)
+    n = _numel(lam.shape[2:])  # not -1: an empty batch has none
+    lam = lam.reshape(N, K, n)
+    if shared:
+        return lam @ v.reshape(n)
+    return torch.bmm(lam, v.reshape(N, n, 1)).squeeze(-1)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
