@@ -10,9 +10,10 @@ Change one line of a training script::
     loss, logits = model.robust_loss(x, y)                      # ETB release loss (see ETB.md)
     loss.backward()
 
-``method="ibp"`` gives sound IBP bounds instead. **ETB bounds are expected bounds, not
-certificates**: use them to train and to report "ETB-expected" robustness, never as verified
-accuracy (only IBP margins are sound). ``eps`` is in the units of the model's *input*: put an
+``method="ibp"`` gives sound IBP bounds instead (``"crown-ibp"``, ``"crown-forward"``: sound and
+tighter; see docs/networks.md). **ETB bounds are expected bounds, not certificates**: use them to
+train and to report "ETB-expected" robustness, never as verified accuracy (only the sound
+methods' margins are). ``eps`` is in the units of the model's *input*: put an
 :class:`etbkernels.Normalize` first in the model and give eps in pixels; the box is then
 scaled by 1/std inside the bound computation.
 """
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 
 from .bounds_type import Bounds
 from .losses import etb_release_loss, ibp_paper_loss
+from .network.api import METHODS
 from .network.api import bounds as _bounds
 from .network.api import margin_spec
 
@@ -40,7 +42,8 @@ class BoundedModel(nn.Module):
     Args:
         model: an ``nn.Sequential`` that :func:`etbkernels.bounds` accepts (Linear, Conv2d, ReLU,
             Flatten, eval BatchNorm, AvgPool2d, Normalize, ...).
-        method: "etb" (default; expected bounds, not certificates) or "ibp" (sound).
+        method: "etb" (default; expected bounds, not certificates), or one of the sound methods
+            "ibp", "crown-ibp", "crown-forward" (see :func:`etbkernels.bounds`).
         eps: default L-inf radius in the model's input units (None: must be given per call).
         mask, center_at: ETB options passed to :func:`etbkernels.bounds` (None: its defaults;
             ``mask="ibp"`` is the authors' release and the fastest ETB variant).
@@ -72,11 +75,11 @@ class BoundedModel(nn.Module):
                             f"{type(model).__name__}")
         if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float, Tensor))):
             raise TypeError(f"BoundedModel: eps must be a number, a tensor or None, got {type(eps).__name__}")
-        if method not in ("etb", "ibp"):
-            raise ValueError(f"BoundedModel: method must be 'etb' or 'ibp', got {method!r}")
+        if method not in METHODS:
+            raise ValueError(f"BoundedModel: method must be one of {METHODS}, got {method!r}")
         if isinstance(eps, (int, float)) and not eps >= 0:
             raise ValueError(f"BoundedModel: eps must be >= 0, got {eps}")
-        if method == "ibp" and (mask is not None or center_at is not None):
+        if method != "etb" and (mask is not None or center_at is not None):
             raise ValueError("BoundedModel: mask and center_at apply to method='etb' only")
         self.model = model
         self.method, self.eps, self.mask, self.center_at, self.clip = method, eps, mask, center_at, clip

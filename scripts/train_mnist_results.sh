@@ -57,7 +57,9 @@ import json, sys
 from pathlib import Path
 from etbkernels.training import markdown_table
 out = Path(sys.argv[1])
-results = [json.loads(p.read_text()) for p in sorted(out.rglob("eval_eps*.json"))]
+# evaluations of the runs themselves (a folder with a training log), not extra ones written with --out
+results = [json.loads(p.read_text()) for p in sorted(out.rglob("eval_eps*.json"))
+           if (p.parent / "train_log.json").exists()]
 times = {}
 for p in out.glob("*/train_log.json"):
     h = json.loads(p.read_text())["history"]

@@ -38,7 +38,8 @@ def test_forward_is_the_models_own():
     assert [p for p in bm.parameters()] == [p for p in net.parameters()]
 
 
-@pytest.mark.parametrize("method,mask", [("etb", None), ("etb", "ibp"), ("ibp", None)])
+@pytest.mark.parametrize("method,mask", [("etb", None), ("etb", "ibp"), ("ibp", None), ("crown-ibp", None),
+                                         ("crown-forward", None)])
 def test_bounds_equal_the_api(method, mask):
     net = _cnn()
     x, y = _data()

@@ -145,11 +145,15 @@ def test_eval_metrics_json_table_and_plot(tmp_path, capsys):
         r1 = json.loads((run / "eval_eps0.1.json").read_text())
         assert r0["n"] == r1["n"] == 60
         # at eps 0 every notion of accuracy is the clean one, and the intervals have width ~0
-        assert r0["pgd_acc"] == r0["ibp_verified_acc"] == r0["etb_expected_acc"] == r0["clean_acc"]
-        assert r0["etb_margin_width"] < 1e-9 and r0["ibp_margin_width"] < 1e-9
+        assert r0["pgd_acc"] == r0["ibp_verified_acc"] == r0["crown_verified_acc"] == r0["crown_forward_verified_acc"] \
+            == r0["verified_acc"] == r0["etb_expected_acc"] == r0["clean_acc"]
+        for key in ("etb", "ibp", "crown", "crown_forward"):
+            assert r0[f"{key}_margin_width"] < 1e-9
         # sound IBP: verified <= PGD-robust <= clean, never violated by the attack
         assert r1["ibp_verified_acc"] <= r1["pgd_acc"] <= r1["clean_acc"]
-        assert r1["ibp_verified_but_pgd_broken"] == 0 and r1["ibp_violation_rate"] == 0
+        assert max(r1["ibp_verified_acc"], r1["crown_verified_acc"], r1["crown_forward_verified_acc"]) \
+            <= r1["verified_acc"] <= r1["pgd_acc"]
+        assert r1["verified_but_pgd_broken"] == 0 and r1["ibp_violation_rate"] == 0
         assert 0 <= r1["etb_violation_rate"] <= 1 and r1["violation_images"] == 12
         assert 0 < r1["etb_margin_width"] < r1["ibp_margin_width"]
         assert r1["settings"]["bounds_dtype"] == "float64"

@@ -1,4 +1,5 @@
-"""Evaluation of a trained checkpoint: clean, PGD, IBP-verified (sound), ETB-expected (NOT a certificate).
+"""Evaluation of a trained checkpoint: clean, PGD, verified by IBP, CROWN-IBP or CROWN forward (sound),
+ETB-expected (NOT a certificate).
 
 Every number is in pixel units: the models start with their Normalize layer, and ``bounds``
 takes the box in the model's input units. Bounds are computed in float64 by default (the
@@ -26,12 +27,18 @@ COLUMNS = [
     ("dataset", "data", "{}"), ("model", "model", "{}"), ("method", "trained with", "{}"),
     ("train_eps", "train eps", "{:.4g}"), ("eps", "eval eps", "{:.4g}"), ("n", "images", "{}"),
     ("clean_acc", "clean", "{:.2%}"), ("pgd_acc", "PGD", "{:.2%}"), ("ibp_verified_acc", "IBP-verified (sound)", "{:.2%}"),
+    ("crown_verified_acc", "CROWN-IBP-verified (sound)", "{:.2%}"),
+    ("crown_forward_verified_acc", "CROWN-forward-verified (sound)", "{:.2%}"),
+    ("verified_acc", "verified by any (sound)", "{:.2%}"),
     ("etb_expected_acc", "ETB-expected (not a certificate)", "{:.2%}"),
     ("etb_violation_rate", "ETB violation rate", "{:.2%}"),
     ("etb_margin_width", "mean ETB margin width", "{:.4g}"), ("ibp_margin_width", "mean IBP margin width", "{:.4g}"),
+    ("crown_margin_width", "mean CROWN-IBP margin width", "{:.4g}"),
+    ("crown_forward_margin_width", "mean CROWN forward margin width", "{:.4g}"),
 ]
 
-NOTE = ("IBP-verified accuracy is sound (IBP margin lower bounds > 0 in float64). ETB-expected robust accuracy "
+NOTE = ("IBP-, CROWN-IBP- and CROWN-forward-verified accuracy are sound (margin lower bounds > 0 in float64); "
+        "'any' counts an image verified by one of them, which is sound too. ETB-expected robust accuracy "
         "uses ETB's expected bounds: it is NOT a certificate. ETB violation rate: fraction of (image, margin) "
         "pairs where PGD found a margin value outside the ETB interval.")
 
@@ -77,7 +84,8 @@ def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit
     x_all, y_all = load_dataset(cfg["dataset"], "test", data_dir or cfg.get("data_dir"), limit)
     N = len(x_all)
     K = DATASETS[cfg["dataset"]][2]
-    sums = dict(clean=0, pgd=0, ibp=0, etb=0, ibp_not_pgd=0, etb_w=0.0, ibp_w=0.0)
+    sums = dict(clean=0, pgd=0, ibp=0, crown=0, crown_fwd=0, any=0, etb=0, verified_not_pgd=0, etb_w=0.0, ibp_w=0.0,
+                crown_w=0.0, crown_fwd_w=0.0)
     viol = dict(pairs=0, pairs_lower=0, images=0, n_pairs=0, n_images=0, ibp_pairs=0)
     starts = list(range(0, N, batch_size))
     for bi, s in enumerate(progress(starts, desc=f"eval eps={eps:g}", disable=not show_progress or None)):
@@ -90,16 +98,26 @@ def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit
         spec = margin_spec(y, K, dtype=bdtype)
         with torch.no_grad():
             ib = bounds(bmodel, xb, eps, method="ibp", spec=spec, clip=CLIP)
+            cb = bounds(bmodel, xb, eps, method="crown-ibp", spec=spec, clip=CLIP)
+            fb = bounds(bmodel, xb, eps, method="crown-forward", spec=spec, clip=CLIP)
             eb = bounds(bmodel, xb, eps, method="etb", mask=etb_mask, spec=spec, clip=CLIP)
         ibp_ok = (ib.lower > 0).all(1)
+        crown_ok = (cb.lower > 0).all(1)
+        fwd_ok = (fb.lower > 0).all(1)
+        verified = ibp_ok | crown_ok | fwd_ok
         etb_ok = (eb.lower > 0).all(1)
         sums["clean"] += int(clean.sum())
         sums["pgd"] += int(robust.sum())
         sums["ibp"] += int(ibp_ok.sum())
+        sums["crown"] += int(crown_ok.sum())
+        sums["crown_fwd"] += int(fwd_ok.sum())
+        sums["any"] += int(verified.sum())
         sums["etb"] += int(etb_ok.sum())
-        sums["ibp_not_pgd"] += int((ibp_ok & ~robust).sum())  # must stay 0 (IBP is sound)
+        sums["verified_not_pgd"] += int((verified & ~robust).sum())  # must stay 0 (all three are sound)
         sums["etb_w"] += float(eb.width.sum())
         sums["ibp_w"] += float(ib.width.sum())
+        sums["crown_w"] += float(cb.width.sum())
+        sums["crown_fwd_w"] += float(fb.width.sum())
         nv = min(len(y), violation_limit - viol["n_images"])
         if nv > 0 and eps > 0:
             xv, yv = xb[:nv], y[:nv]
@@ -128,6 +146,9 @@ def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit
         "epochs_trained": int(state["epoch"]),
         "clean_acc": sums["clean"] / N, "pgd_acc": sums["pgd"] / N,
         "ibp_verified_acc": sums["ibp"] / N,
+        "crown_verified_acc": sums["crown"] / N,
+        "crown_forward_verified_acc": sums["crown_fwd"] / N,
+        "verified_acc": sums["any"] / N,
         "etb_expected_acc": sums["etb"] / N,
         "etb_violation_rate": viol["pairs"] / npairs if viol["n_pairs"] else None,
         "etb_violation_rate_lower": viol["pairs_lower"] / npairs if viol["n_pairs"] else None,
@@ -135,7 +156,9 @@ def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit
         "ibp_violation_rate": viol["ibp_pairs"] / npairs if viol["n_pairs"] else None,
         "violation_images": viol["n_images"],
         "etb_margin_width": sums["etb_w"] / (N * (K - 1)), "ibp_margin_width": sums["ibp_w"] / (N * (K - 1)),
-        "ibp_verified_but_pgd_broken": sums["ibp_not_pgd"],
+        "crown_margin_width": sums["crown_w"] / (N * (K - 1)),
+        "crown_forward_margin_width": sums["crown_fwd_w"] / (N * (K - 1)),
+        "verified_but_pgd_broken": sums["verified_not_pgd"],
         "settings": {"pgd_steps": pgd_steps, "pgd_restarts": pgd_restarts, "pgd_step_size": pgd_step_size,
                      "bounds_dtype": str(bdtype).replace("torch.", ""), "etb_mask": etb_mask,
                      "etb_center": "output", "violation_steps": violation_steps,
