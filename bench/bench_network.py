@@ -1,9 +1,11 @@
-"""Speed of whole-network logit bounds on CPU: ETB vs IBP vs the per-logit autograd algorithm.
+"""Speed of whole-network logit bounds on CPU: ETB vs IBP vs CROWN-IBP vs the per-logit autograd algorithm.
 
 For the small and medium CNN of the IBP paper on MNIST-shaped input (batch 256 by default,
 float32, random weights, eps 0.1, no gradients) this times, in one run:
 
 - ``ibp``:            etbkernels.bounds(method="ibp")
+- ``crown_ibp``:      etbkernels.bounds(method="crown-ibp"): sound, 2K rows formed backward
+- ``crown_forward``:  etbkernels.bounds(method="crown-forward"): sound, every layer, forward
 - ``etb_mask_ibp``:   etbkernels.bounds(mask="ibp"): IBP masks, K logit rows formed backward
                       (the same bounds as the authors' release algorithm)
 - ``per_logit``:      the authors' release algorithm written plainly: IBP masks, a masked forward
@@ -95,7 +97,8 @@ def main():
     ap.add_argument("--models", nargs="+", default=["small", "medium"], choices=["small", "medium", "large"])
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--skip-etb-mask-etb", action="store_true", help="skip the slow all-layer ETB timing")
+    ap.add_argument("--skip-etb-mask-etb", action="store_true",
+                    help="skip the slow all-layer timings (ETB mask=etb, CROWN forward)")
     ap.add_argument("--skip-backward", action="store_true")
     ap.add_argument("--frozen", action="store_true",
                     help="parameters with requires_grad=False, as when verifying a trained model (no backward timings)")
@@ -115,11 +118,13 @@ def main():
         notes.append(f"{name}: max relative difference ETB(mask=ibp) vs per-logit autograd radius: {err:.2e}")
         fns = {
             "ibp": lambda: etbkernels.bounds(model, x, EPS, method="ibp"),
+            "crown_ibp": lambda: etbkernels.bounds(model, x, EPS, method="crown-ibp"),
             "etb_mask_ibp": lambda: etbkernels.bounds(model, x, EPS, mask="ibp"),
             "per_logit": lambda: per_logit_autograd(model, x, EPS),
         }
         if not args.skip_etb_mask_etb:
             fns["etb_mask_etb"] = lambda: etbkernels.bounds(model, x, EPS, mask="etb")
+            fns["crown_forward"] = lambda: etbkernels.bounds(model, x, EPS, method="crown-forward")
         lf, note = lirpa_fns(model, x)
         fns.update(lf)
         if note not in notes:
@@ -130,15 +135,18 @@ def main():
                 res[key] = _time(fn, args.repeats)
         if not (args.skip_backward or args.frozen):
             back = {"ibp_fwd_bwd": lambda: _fwd_bwd(model, x, method="ibp"),
+                    "crown_ibp_fwd_bwd": lambda: _fwd_bwd(model, x, method="crown-ibp"),
                     "etb_mask_ibp_fwd_bwd": lambda: _fwd_bwd(model, x, mask="ibp")}
             for key, fn in tqdm(list(back.items()), desc=f"{name} fwd+bwd"):
                 res[key] = _time(fn, args.repeats)
         row = {"model": name, "batch": args.batch, **{k: round(v, 4) for k, v in res.items()}}
         row["per_logit_over_etb_mask_ibp"] = round(res["per_logit"] / res["etb_mask_ibp"], 2)
         row["etb_mask_ibp_over_ibp"] = round(res["etb_mask_ibp"] / res["ibp"], 2)
+        row["crown_ibp_over_ibp"] = round(res["crown_ibp"] / res["ibp"], 2)
         if "etb_mask_etb" in res:
             row["etb_mask_etb_over_ibp"] = round(res["etb_mask_etb"] / res["ibp"], 2)
             row["per_logit_over_etb_mask_etb"] = round(res["per_logit"] / res["etb_mask_etb"], 3)
+            row["crown_forward_over_etb_mask_etb"] = round(res["crown_forward"] / res["etb_mask_etb"], 2)
         print(row, flush=True)
         rows.append(row)
     meta = {"threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": "float32", "eps": EPS,

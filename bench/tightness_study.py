@@ -1,11 +1,13 @@
-"""Tightness study: per-layer widths of IBP, ETB(mask="ibp"), ETB(mask="etb") vs a PGD attack.
+"""Tightness study: per-layer widths of IBP, CROWN-IBP, CROWN forward, ETB(mask="ibp"), ETB(mask="etb") vs PGD.
 
 For random-init and briefly trained MNIST models (an MLP, the small and the medium CNN of the
 IBP paper) and several eps, on a few real MNIST test images, this measures per layer (the
 pre-activation of each ReLU, then the logits):
 
-- the mean width of IBP (sound), ETB with IBP masks (the authors' release), ETB with its own
-  masks (blockwise), each over the same randomly drawn neurons;
+- the mean width of IBP (sound), CROWN-IBP (sound; it uses IBP's bounds at the hidden layers, so
+  it differs from IBP at the logits only), CROWN's forward mode (sound, every layer; at the
+  logits also a backward CROWN pass, the tighter of the two), ETB with IBP masks (the authors' release), ETB with
+  its own masks (blockwise), each over the same randomly drawn neurons;
 - an inner estimate of the true range: PGD maximizing and minimizing each drawn neuron
   separately (one start at the clean input + random starts, sign steps, box and [0, 1] clipping);
 - ETB's violation rate: the fraction of drawn (sample, neuron) pairs where the attack's max is
@@ -41,9 +43,14 @@ MODELS = {
     "small_cnn": models.small_cnn,
     "medium_cnn": models.medium_cnn,
 }
-VARIANTS = [("ibp", "IBP", None, None), ("etb_ibp", "ETB mask=ibp", "ibp", "output"),
-            ("etb_etb", "ETB mask=etb", "etb", "output"), ("etb_ibp_lin", "ETB mask=ibp (linear centre)", "ibp", "linear"),
-            ("etb_etb_lin", "ETB mask=etb (linear centre)", "etb", "linear")]
+# (key, label, bounds() keywords); the sound methods first
+VARIANTS = [("ibp", "IBP", dict(method="ibp")), ("crown", "CROWN-IBP", dict(method="crown-ibp")),
+            ("crown_fwd", "CROWN forward", dict(method="crown-forward")),
+            ("etb_ibp", "ETB mask=ibp", dict(mask="ibp", center_at="output")),
+            ("etb_etb", "ETB mask=etb", dict(mask="etb", center_at="output")),
+            ("etb_ibp_lin", "ETB mask=ibp (linear centre)", dict(mask="ibp", center_at="linear")),
+            ("etb_etb_lin", "ETB mask=etb (linear centre)", dict(mask="etb", center_at="linear"))]
+SOUND = ("ibp", "crown", "crown_fwd")
 
 
 def load_mnist():
@@ -114,13 +121,10 @@ def study_one(model, x, eps, args, gen):
     kw = {"clip": (0.0, 1.0), "return_layers": True}
     res = {}
     t = {}
-    for key, _, mask, center in VARIANTS:
+    for key, _, method_kw in VARIANTS:
         t0 = time.perf_counter()
         with torch.no_grad():
-            if mask is None:
-                out, layers = etbkernels.bounds(model, x, eps, method="ibp", **kw)
-            else:
-                out, layers = etbkernels.bounds(model, x, eps, method="etb", mask=mask, center_at=center, **kw)
+            out, layers = etbkernels.bounds(model, x, eps, **method_kw, **kw)
         t[key] = time.perf_counter() - t0
         res[key] = [b for b in layers] + [out]
     rows = []
@@ -139,13 +143,12 @@ def study_one(model, x, eps, args, gen):
             lo = b.lower.flatten(1).gather(1, idx)
             up = b.upper.flatten(1).gather(1, idx)
             row[f"{key}_width"] = (up - lo).mean().item()
-            if key != "ibp":
-                tol = 1e-5 * (1 + amax.abs())
-                viol = (amax > up + tol) | (amin < lo - tol)
-                row[f"{key}_violation"] = viol.float().mean().item()
+            tol = 1e-5 * (1 + amax.abs())
+            escaped = (amax > up + tol) | (amin < lo - tol)
+            if key in SOUND:
+                row[f"{key}_unsound_count"] = int(escaped.sum())
             else:
-                tol = 1e-5 * (1 + amax.abs())
-                row["ibp_unsound_count"] = int(((amax > up + tol) | (amin < lo - tol)).sum())
+                row[f"{key}_violation"] = escaped.float().mean().item()
         rows.append(row)
     return rows, t
 
@@ -159,7 +162,9 @@ def plot(results, path):
     keys = sorted({(r["model"], r["state"]) for r in results})
     eps_list = sorted({r["eps"] for r in results})
     fig, axes = plt.subplots(len(keys), len(eps_list), figsize=(4 * len(eps_list), 2.8 * len(keys)), squeeze=False)
-    styles = [("ibp_width", "IBP", "tab:red", "-"), ("etb_ibp_width", "ETB mask=ibp", "tab:orange", "--"),
+    styles = [("ibp_width", "IBP", "tab:red", "-"), ("crown_width", "CROWN-IBP", "tab:green", "-."),
+              ("crown_fwd_width", "CROWN forward", "tab:purple", "-."),
+              ("etb_ibp_width", "ETB mask=ibp", "tab:orange", "--"),
               ("etb_etb_width", "ETB mask=etb", "tab:blue", "-"), ("attack_width", "PGD (inner)", "k", ":")]
     for i, (model, state) in enumerate(keys):
         for j, eps in enumerate(eps_list):
@@ -176,8 +181,9 @@ def plot(results, path):
             if j == 0:
                 ax.set_ylabel("mean width", fontsize=8)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("Per-layer interval width (log): IBP vs ETB (expected bounds, not certificates) vs PGD", fontsize=9)
-    fig.tight_layout()
+    fig.suptitle("Per-layer interval width (log): IBP, CROWN-IBP, CROWN forward (sound) vs ETB (expected bounds, "
+                 "not certificates) vs PGD", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.985))  # room for the title
     fig.savefig(path, dpi=110)
 
 
@@ -189,26 +195,33 @@ def write_md(results, meta, path):
             "Violation = fraction of drawn (sample, neuron) pairs the attack drives outside the ETB interval. "
             "Centre 'output' = the network's value at the box centre (default); 'linear' = the linearization.\n\n")
     f.write(f"Setup: {json.dumps(meta)}\n\n")
-    f.write("## Logits\n\n| model | state | acc | eps | IBP | ETB mask=ibp | ETB mask=etb | attack | IBP/ETB(etb) | "
-            "ETB(etb)/attack | viol. ibp-mask out/lin | viol. etb-mask out/lin |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    f.write("## Logits\n\n| model | state | acc | eps | IBP | CROWN-IBP | CROWN fwd | ETB mask=ibp | ETB mask=etb | "
+            "attack | IBP/ETB(etb) | CROWN fwd/ETB(etb) | ETB(etb)/attack | viol. ibp-mask out/lin | "
+            "viol. etb-mask out/lin |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     for r in results:
         if r["layer"] != "logits":
             continue
         f.write(f"| {r['model']} | {r['state']} | {r['acc']:.3f} | {r['eps']} | {r['ibp_width']:.4g} | "
-                f"{r['etb_ibp_width']:.4g} | {r['etb_etb_width']:.4g} | {r['attack_width']:.4g} | "
+                f"{r['crown_width']:.4g} | {r['crown_fwd_width']:.4g} | {r['etb_ibp_width']:.4g} | "
+                f"{r['etb_etb_width']:.4g} | {r['attack_width']:.4g} | "
                 f"{r['ibp_width'] / max(r['etb_etb_width'], 1e-30):.3g} | "
+                f"{r['crown_fwd_width'] / max(r['etb_etb_width'], 1e-30):.3g} | "
                 f"{r['etb_etb_width'] / max(r['attack_width'], 1e-30):.3g} | "
                 f"{r['etb_ibp_violation']:.2f} / {r['etb_ibp_lin_violation']:.2f} | "
                 f"{r['etb_etb_violation']:.2f} / {r['etb_etb_lin_violation']:.2f} |\n")
-    f.write("\n## Every layer\n\n| model | state | eps | layer | drawn/total | IBP | ETB mask=ibp | ETB mask=etb | attack | "
-            "viol. ibp-mask out/lin | viol. etb-mask out/lin |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    f.write("\n## Every layer\n\n| model | state | eps | layer | drawn/total | IBP | CROWN fwd | ETB mask=ibp | "
+            "ETB mask=etb | attack | viol. ibp-mask out/lin | viol. etb-mask out/lin |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     for r in results:
         f.write(f"| {r['model']} | {r['state']} | {r['eps']} | {r['layer']} | {r['neurons_drawn']}/{r['neurons_total']} | "
-                f"{r['ibp_width']:.4g} | {r['etb_ibp_width']:.4g} | {r['etb_etb_width']:.4g} | {r['attack_width']:.4g} | "
+                f"{r['ibp_width']:.4g} | {r['crown_fwd_width']:.4g} | {r['etb_ibp_width']:.4g} | "
+                f"{r['etb_etb_width']:.4g} | {r['attack_width']:.4g} | "
                 f"{r['etb_ibp_violation']:.2f} / {r['etb_ibp_lin_violation']:.2f} | "
                 f"{r['etb_etb_violation']:.2f} / {r['etb_etb_lin_violation']:.2f} |\n")
-    unsound = sum(r["ibp_unsound_count"] for r in results)
-    f.write(f"\nIBP intervals the attack escaped (must be 0: IBP is sound): {unsound}\n")
+    for key, label, _ in VARIANTS:
+        if key in SOUND:
+            unsound = sum(r[f"{key}_unsound_count"] for r in results)
+            f.write(f"\n{label} intervals the attack escaped (must be 0: {label} is sound): {unsound}\n")
     f.close()
 
 
