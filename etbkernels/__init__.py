@@ -1,6 +1,6 @@
 """etbkernels: Expected Tight Bounds (ETB) and IBP interval bounds for ReLU networks.
 
-ETB bounds are *expected* bounds (tight, not certificates); IBP and CROWN-IBP bounds are sound. See README.md.
+ETB bounds are *expected* bounds (tight, not certificates); IBP and the CROWN bounds are sound. See README.md.
 """
 from . import reference
 from ._ops import has_cuda_kernels, ops

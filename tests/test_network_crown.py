@@ -241,3 +241,28 @@ def test_forward_mode_ibp_track_tightens(monkeypatch):
     for a, b in zip(layers + [out], layers_alone + [out_alone]):
         assert bool((a.lower >= b.lower - 1e-12).all()) and bool((a.upper <= b.upper + 1e-12).all())
     assert all(float((b.width - a.width).max()) > 1e-3 for a, b in zip(layers[1:] + [out], layers_alone[1:] + [out_alone]))
+
+
+def test_forward_mode_flatten_linear_from_patches(monkeypatch):
+    """A CNN whose windows stay smaller than the input up to Flatten + Linear, which the forward
+    mode then takes straight from patches: equal to the dense reference and to the dense path."""
+    import etbkernels.network.crown_forward as cf
+    from etbkernels.network import etb
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, stride=2), nn.ReLU(), nn.Conv2d(3, 4, 2), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(36, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    x = torch.rand(2, 1, 10, 10, dtype=torch.float64)
+    calls = []
+    real = cf._Directions.flatten_linear
+    monkeypatch.setattr(cf._Directions, "flatten_linear", lambda self, *a: calls.append(1) or real(self, *a))
+    b, layers = bounds(model, x, 0.1, method="crown-forward", return_layers=True)
+    assert calls, "the fused Flatten + Linear path was not taken"
+    ref = crown_forward_ref(model, x, 0.1)
+    for got, (lo, up) in zip(layers, ref[:-1]):
+        torch.testing.assert_close(got.lower.flatten(1), lo)
+        torch.testing.assert_close(got.upper.flatten(1), up)
+    monkeypatch.setattr(etb, "_use_patches", lambda net: False)
+    dense, dense_layers = bounds(model, x, 0.1, method="crown-forward", return_layers=True)
+    for a, c in zip(layers + [b], dense_layers + [dense]):
+        torch.testing.assert_close(a.lower, c.lower)
+        torch.testing.assert_close(a.upper, c.upper)
