@@ -266,3 +266,23 @@ def test_forward_mode_flatten_linear_from_patches(monkeypatch):
     for a, c in zip(layers + [b], dense_layers + [dense]):
         torch.testing.assert_close(a.lower, c.lower)
         torch.testing.assert_close(a.upper, c.upper)
+
+
+@pytest.mark.parametrize("method", ["crown-ibp", "crown-forward"])
+@pytest.mark.parametrize("layers,shape", [
+    ([nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten()], (3, 1, 5, 5)),          # ends with ReLU, Flatten
+    ([nn.Flatten(), nn.Linear(9, 4), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2)], (3, 1, 3, 3)),  # a Flatten-only stage
+    ([nn.ReLU(), nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8, 3)], (3, 1, 6, 6)),
+])
+def test_edge_layouts_are_sound(method, layers, shape):
+    torch.manual_seed(1)
+    model = nn.Sequential(*layers).double()
+    x = torch.rand(shape, dtype=torch.float64) - 0.3
+    with torch.no_grad():
+        b = bounds(model, x, 0.2, method=method)
+        u = torch.rand((500,) + shape, dtype=torch.float64) * 2 - 1
+        u[:250] = u[:250].sign()
+        y = model((x + 0.2 * u).reshape((-1,) + shape[1:])).reshape(500, shape[0], -1)
+    assert bool((y >= b.lower - 1e-12).all()) and bool((y <= b.upper + 1e-12).all())
+    if method == "crown-forward":  # IBP runs alongside: never wider than IBP
+        assert bool((b.width <= bounds(model, x, 0.2, method="ibp").width + 1e-12).all())

@@ -41,24 +41,22 @@ def relu_relaxation(lower: Tensor, upper: Tensor) -> Tuple[Tensor, Tensor, Tenso
     return a_l, a_u, c_u
 
 
-def stage_offset(stage) -> Tensor:
+def stage_offset(stage, dtype, device) -> Tensor:
     """The affine stage at zero, ``A_k(0)`` (per-sample shape): the bias it adds, whatever its ops."""
-    op0 = stage[0]
-    ref = next(t for op in stage for t in vars(op).values() if isinstance(t, Tensor))
-    z = torch.zeros((1,) + tuple(op0.in_shape), dtype=ref.dtype, device=ref.device)
+    z = torch.zeros((1,) + tuple(stage[0].in_shape), dtype=dtype, device=device)
     for op in stage:
         z = op.forward(z)
     return z[0]
 
 
 def crown_backward(net: Network, mu: Tensor, r: Tensor, pre: Sequence[Tuple[Tensor, Tensor]],
-                       spec: Optional[Tensor] = None, images_per_call: int = 512) -> Tuple[Tensor, Tensor]:
-    """CROWN-IBP bounds of the output (or ``spec @ output``) of a chunk of samples.
+                   spec: Optional[Tensor] = None, images_per_call: int = 512) -> Tuple[Tensor, Tensor]:
+    """Backward CROWN bounds of the output (or ``spec @ output``) of a chunk of samples.
 
     Args:
         mu, r: (N, *in_shape) box centre and radius (r >= 0).
         pre: one ``(lower, upper)`` pair (N, *stage shape) per ReLU: sound pre-activation bounds
-            (IBP's, in CROWN-IBP).
+            (IBP's in CROWN-IBP; CROWN forward's in ``method="crown-forward"``).
         spec: optional (N, K, out) or (K, out).
         images_per_call: for convolutional nets, rows are pulled back in groups of about this
             many images (samples x rows) per transposed convolution, as in ETB's pull-back.
@@ -85,7 +83,7 @@ def crown_backward(net: Network, mu: Tensor, r: Tensor, pre: Sequence[Tuple[Tens
         if lo.dim() == 4:  # the pulled-back rows are channels-last (see pull_back_stage)
             a = tuple(t.contiguous(memory_format=torch.channels_last) for t in a)
         relax.append(a)
-    offsets = [stage_offset(st) for st in net.stages]
+    offsets = [stage_offset(st, mu.dtype, mu.device) for st in net.stages]
     conv = any(isinstance(op, ConvOp) for st in net.stages for op in st)
     group = max(1, images_per_call // max(N, 1)) if conv else 2 * K
     upper = torch.cat([_upper_bounds(net, lam[:, g:g + group], relax, offsets, mu, r)
