@@ -10,8 +10,8 @@ from torch.utils.checkpoint import checkpoint
 from ..block import etb_block
 from ..bounds_type import Bounds
 from .crown import crown_backward
-from .crown_forward import crown_forward
-from .etb import BACKWARD_IMAGES, etb_backward, etb_forward, first_stage_directions, forward_numel_per_sample
+from .crown_forward import crown_forward, intersect
+from .etb import etb_backward, etb_forward, first_stage_directions, forward_numel_per_sample
 from .ibp import ibp_stages
 from .layers import LinearOp
 from .parse import Network, parse_model
@@ -159,15 +159,13 @@ def _etb(net: Network, mu, r, mask, center_at, spec, return_layers, chunk_size) 
     if fused is not None:
         return fused
 
-    widest = _widest(net)
     elem = mu.element_size()
     spec2, spec3 = _split_spec(spec)
     masks = list(given) if given is not None else []
 
     if given is not None and not return_layers:
         # output rows only: pull K rows backward
-        K = spec.shape[-2] if spec is not None else _numel(net.out_shape)
-        chunk = chunk_size or max(1, DEFAULT_CHUNK_BYTES // max(1, 3 * K * widest * elem))
+        chunk = chunk_size or _backward_chunk(net, spec, 1, elem)
 
         def run(mu_c, r_c, spec_c, *masks_c):
             return etb_backward(net, mu_c, r_c, center_at, masks_c, spec2 if spec_c is None else spec_c)
@@ -210,22 +208,17 @@ def _crown_forward(net: Network, mu, r, spec, chunk_size) -> List[Bounds]:
     flat = _chunked(run, mu.shape[0], chunk, mu, r, spec3)
     layers = [Bounds(flat[2 * k], flat[2 * k + 1]) for k in range(len(net.stages))]
     back = _crown_output(net, mu, r, layers[:-1], spec, chunk_size)
-    fwd = layers[-1]
-    lower, upper = torch.maximum(fwd.lower, back.lower), torch.minimum(fwd.upper, back.upper)
-    # where both are (nearly) exact, rounding can cross the intersection by an ulp
-    return layers[:-1] + [Bounds(lower, torch.maximum(upper, lower))]
+    return layers[:-1] + [Bounds(*intersect(layers[-1].lower, layers[-1].upper, back.lower, back.upper))]
 
 
 def _crown_output(net: Network, mu, r, pre: List[Bounds], spec, chunk_size) -> Bounds:
     """Backward CROWN bounds of the output (or spec rows) from sound pre-activation bounds."""
     spec2, spec3 = _split_spec(spec)
-    K = spec.shape[-2] if spec is not None else _numel(net.out_shape)
-    chunk = chunk_size or max(1, DEFAULT_CHUNK_BYTES // max(1, 3 * 2 * K * _widest(net) * mu.element_size()))
+    chunk = chunk_size or _backward_chunk(net, spec, 2, mu.element_size())  # a lower and an upper row each
 
     def run(mu_c, r_c, spec_c, *pre_c):
         pairs = [(pre_c[2 * i], pre_c[2 * i + 1]) for i in range(len(pre))]
-        return crown_backward(net, mu_c, r_c, pairs, spec2 if spec_c is None else spec_c,
-                              images_per_call=BACKWARD_IMAGES)
+        return crown_backward(net, mu_c, r_c, pairs, spec2 if spec_c is None else spec_c)
 
     lower, upper = _chunked(run, mu.shape[0], chunk, mu, r, spec3, *[t for b in pre for t in (b.lower, b.upper)])
     return Bounds(lower, upper)
@@ -244,8 +237,12 @@ def _needs_grad(net: Network, mu, r) -> bool:
         p.requires_grad for st in net.stages for op in st for p in vars(op).values() if isinstance(p, Tensor)))
 
 
-def _widest(net: Network) -> int:
-    return max(max(_numel(op.in_shape), _numel(op.out_shape)) for st in net.stages for op in st)
+def _backward_chunk(net: Network, spec, rows_per_output: int, elem: int) -> int:
+    """Samples per chunk of a backward pull-back of ``rows_per_output`` x K rows (K: spec rows or
+    outputs) that keeps its tensors near ``DEFAULT_CHUNK_BYTES``."""
+    K = spec.shape[-2] if spec is not None else _numel(net.out_shape)
+    widest = max(max(_numel(op.in_shape), _numel(op.out_shape)) for st in net.stages for op in st)
+    return max(1, DEFAULT_CHUNK_BYTES // max(1, 3 * rows_per_output * K * widest * elem))
 
 
 def _memory_chunk(net: Network, grad: bool, elem: int) -> int:

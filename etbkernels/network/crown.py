@@ -17,13 +17,13 @@ Sound up to floating-point rounding, like IBP: these bounds may be called verifi
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from .etb import pull_back_stage
-from .layers import ConvOp
+from .etb import channels_last_like_rows, output_rows, pull_back_stage, row_group
 from .parse import Network
 
 
@@ -50,7 +50,7 @@ def stage_offset(stage, dtype, device) -> Tensor:
 
 
 def crown_backward(net: Network, mu: Tensor, r: Tensor, pre: Sequence[Tuple[Tensor, Tensor]],
-                   spec: Optional[Tensor] = None, images_per_call: int = 512) -> Tuple[Tensor, Tensor]:
+                   spec: Optional[Tensor] = None, images_per_call: Optional[int] = None) -> Tuple[Tensor, Tensor]:
     """Backward CROWN bounds of the output (or ``spec @ output``) of a chunk of samples.
 
     Args:
@@ -58,34 +58,24 @@ def crown_backward(net: Network, mu: Tensor, r: Tensor, pre: Sequence[Tuple[Tens
         pre: one ``(lower, upper)`` pair (N, *stage shape) per ReLU: sound pre-activation bounds
             (IBP's in CROWN-IBP; CROWN forward's in ``method="crown-forward"``).
         spec: optional (N, K, out) or (K, out).
-        images_per_call: for convolutional nets, rows are pulled back in groups of about this
-            many images (samples x rows) per transposed convolution, as in ETB's pull-back.
+        images_per_call: rows per transposed convolution, as in ETB's pull-back (:func:`.etb.row_group`).
 
     Returns:
         (lower, upper), each (N, K).
     """
     N = mu.shape[0]
-    out_dim = _numel(net.out_shape)
-    if spec is None:
-        rows = torch.eye(out_dim, dtype=mu.dtype, device=mu.device).expand(N, out_dim, out_dim)
-    elif spec.dim() == 2:
-        rows = spec.expand(N, -1, -1)
-    else:
-        rows = spec
+    rows = output_rows(net, N, mu.dtype, mu.device, spec)
     K = rows.shape[1]
     if K == 0:
         return rows.new_zeros(N, 0), rows.new_zeros(N, 0)
-    lam = torch.cat([rows, -rows], dim=1).reshape((N, 2 * K) + tuple(net.out_shape))
+    lam = torch.cat([rows, -rows], dim=1)
     relax = []
     for lo, up in pre:
         a_l, a_u, c_u = relu_relaxation(lo, up)
-        a = (a_l, a_u - a_l, c_u)  # the slope, the extra slope of positive coefficients, the offset
-        if lo.dim() == 4:  # the pulled-back rows are channels-last (see pull_back_stage)
-            a = tuple(t.contiguous(memory_format=torch.channels_last) for t in a)
-        relax.append(a)
+        # the slope, the extra slope of positive coefficients, the offset
+        relax.append(tuple(channels_last_like_rows(t) for t in (a_l, a_u - a_l, c_u)))
     offsets = [stage_offset(st, mu.dtype, mu.device) for st in net.stages]
-    conv = any(isinstance(op, ConvOp) for st in net.stages for op in st)
-    group = max(1, images_per_call // max(N, 1)) if conv else 2 * K
+    group = row_group(net, N, 2 * K, images_per_call)
     upper = torch.cat([_upper_bounds(net, lam[:, g:g + group], relax, offsets, mu, r)
                        for g in range(0, 2 * K, group)], dim=1)
     return -upper[:, K:], upper[:, :K]
@@ -122,15 +112,9 @@ def neuron_dot(lam: Tensor, v: Tensor) -> Tensor:
     if lam.dim() == 5 and lam.permute(0, 1, 3, 4, 2).is_contiguous():
         lam = lam.permute(0, 1, 3, 4, 2)
         v = v.permute(1, 2, 0) if shared else v.permute(0, 2, 3, 1)
-    n = _numel(lam.shape[2:])  # not -1: an empty batch has none
+    n = math.prod(lam.shape[2:])  # not -1: an empty batch has none
     lam = lam.reshape(N, K, n)
     if shared:
         return lam @ v.reshape(n)
     return torch.bmm(lam, v.reshape(N, n, 1)).squeeze(-1)
 
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n

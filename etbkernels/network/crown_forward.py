@@ -30,7 +30,7 @@ from torch import Tensor
 
 from . import patches
 from .crown import relu_relaxation
-from .etb import _abs_sum_directions, _apply_directions
+from .etb import _abs_sum_directions, _apply_directions, forward_step, spec_directions, spec_values
 from .ibp import ibp_stage, relu_interval
 from .layers import AvgPoolOp, ChannelAffineOp, ConvOp, FlattenOp, LinearOp
 from .parse import Network
@@ -106,17 +106,9 @@ class _Directions:
 
     def spec(self, C: Tensor) -> None:
         """Rows ``C`` (N, K, out) or (K, out) applied to the output's directions."""
-        self.M = _rows(self.M.flatten(2), C)
+        self.M = spec_directions(self.M.flatten(2), C)
         if self.Delta is not None:
-            self.Delta = _rows(self.Delta.flatten(2), C.abs())
-
-
-def _rows(D: Tensor, C: Tensor) -> Tensor:
-    return D @ C.T if C.dim() == 2 else torch.einsum("nim,nkm->nik", D, C)
-
-
-def _rows_vec(z: Tensor, C: Tensor) -> Tensor:
-    return z @ C.T if C.dim() == 2 else torch.einsum("nm,nkm->nk", z, C)
+            self.Delta = spec_directions(self.Delta.flatten(2), C.abs())
 
 
 def crown_forward(net: Network, mu: Tensor, r: Tensor, first, spec: Optional[Tensor] = None) -> List[tuple]:
@@ -148,7 +140,7 @@ def crown_forward(net: Network, mu: Tensor, r: Tensor, first, spec: Optional[Ten
         U, L = dirs.upper_lower()
         vu, vl = (cm, cm) if cd is None else (cm + cd, cm - cd)  # the linear bounds at mu
         rad_u = dirs.radius(U, r)
-        lower, upper = _intersect(vl - (rad_u if L is U else dirs.radius(L, r)), vu + rad_u, ic, ir)
+        lower, upper = intersect(vl - (rad_u if L is U else dirs.radius(L, r)), vu + rad_u, ic - ir, ic + ir)
         out.append((lower, upper))
         ic, ir = ibp_stage(net.stages[k], *relu_interval((upper + lower) / 2, (upper - lower) / 2),
                            spec if k == last else None)
@@ -159,13 +151,13 @@ def crown_forward(net: Network, mu: Tensor, r: Tensor, first, spec: Optional[Ten
         ops = net.stages[k]
         i = 0
         while i < len(ops):
-            op = ops[i]
-            if dirs.in_patches and isinstance(op, FlattenOp) and i + 1 < len(ops) and isinstance(ops[i + 1], LinearOp):
+            op, step = ops[i], forward_step(ops, i, dirs.M if dirs.in_patches else None, n)
+            if step == "flatten_linear":
                 dirs.flatten_linear(ops[i + 1].weight, r)
                 cm, cd = ops[i + 1].forward(op.forward(cm)), ops[i + 1].abs_linear(op.forward(cd))
                 i += 2
                 continue
-            if dirs.in_patches and not (patches.supports(op) and patches.grown_size(dirs.M, op) < n):
+            if step == "densify":
                 dirs.to_dense(r)
             dirs.apply(op)
             cm, cd = op.forward(cm), op.abs_linear(cd)
@@ -176,16 +168,17 @@ def crown_forward(net: Network, mu: Tensor, r: Tensor, first, spec: Optional[Ten
     cd = None if cd is None else cd.flatten(1)
     if spec is not None:
         dirs.spec(spec)
-        cm = _rows_vec(cm, spec)
-        cd = None if cd is None else _rows_vec(cd, spec.abs())
+        cm = spec_values(cm, spec)
+        cd = None if cd is None else spec_values(cd, spec.abs())
     U, L = dirs.upper_lower()
     vu, vl = (cm, cm) if cd is None else (cm + cd, cm - cd)
-    out.append(_intersect(vl - dirs.radius(L, r), vu + dirs.radius(U, r), ic.flatten(1), ir.flatten(1)))
+    ic, ir = ic.flatten(1), ir.flatten(1)
+    out.append(intersect(vl - dirs.radius(L, r), vu + dirs.radius(U, r), ic - ir, ic + ir))
     return out
 
 
-def _intersect(lower: Tensor, upper: Tensor, c: Tensor, r: Tensor):
-    """``[lower, upper]`` intersected with ``c +- r`` (both sound); rounding may cross the ends by an
-    ulp where both are nearly exact: then the upper end is raised to the lower one."""
-    lower, upper = torch.maximum(lower, c - r), torch.minimum(upper, c + r)
+def intersect(lower: Tensor, upper: Tensor, lower2: Tensor, upper2: Tensor):
+    """``[lower, upper]`` intersected with ``[lower2, upper2]`` (both sound); rounding may cross the
+    ends by an ulp where both are nearly exact: then the upper end is raised to the lower one."""
+    lower, upper = torch.maximum(lower, lower2), torch.minimum(upper, upper2)
     return lower, torch.maximum(upper, lower)

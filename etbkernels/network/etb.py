@@ -14,6 +14,7 @@ Both are plain differentiable PyTorch; the caller chunks samples to bound memory
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -161,13 +162,13 @@ def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
         ops = net.stages[k]
         i = 0
         while i < len(ops):
-            op = ops[i]
-            if P is not None and isinstance(op, FlattenOp) and i + 1 < len(ops) and isinstance(ops[i + 1], LinearOp):
+            op, step = ops[i], forward_step(ops, i, P, n)
+            if step == "flatten_linear":
                 P, D = None, patches.flatten_linear_directions(P, ops[i + 1].weight, r)
                 z = ops[i + 1].forward(op.forward(z))
                 i += 2
                 continue
-            if P is not None and not (patches.supports(op) and patches.grown_size(P, op) < n):
+            if step == "densify":
                 P, D = None, patches.to_directions(P, r)
             if P is not None:
                 P = patches.apply(P, op)
@@ -178,13 +179,59 @@ def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
     if P is not None:
         D = patches.to_directions(P, r)
     if spec is not None:
-        D, z = D.flatten(2), z.flatten(1)
-        if spec.dim() == 2:
-            D, z = D @ spec.T, z @ spec.T
-        else:
-            D, z = torch.einsum("nim,nkm->nik", D, spec), torch.einsum("nm,nkm->nk", z, spec)
+        D, z = spec_directions(D.flatten(2), spec), spec_values(z.flatten(1), spec)
     out.append((z, _abs_sum_directions(D)))
     return out
+
+
+def forward_step(ops, i: int, patch, n: int) -> str:
+    """How the forward paths take ``ops[i]`` while the Jacobian is in patches form ``patch`` (None:
+    dense): "flatten_linear" (Flatten + Linear straight from patches: two ops), "densify" (to dense
+    directions first: the op is not conv-like, or its windows would cover the n inputs) or "apply"."""
+    if patch is None:
+        return "apply"
+    op = ops[i]
+    if isinstance(op, FlattenOp) and i + 1 < len(ops) and isinstance(ops[i + 1], LinearOp):
+        return "flatten_linear"
+    if not (patches.supports(op) and patches.grown_size(patch, op) < n):
+        return "densify"
+    return "apply"
+
+
+def spec_directions(D: Tensor, spec: Tensor) -> Tensor:
+    """Directions (N, n, out) of the output mapped to spec rows: (N, n, K); spec (K, out) or (N, K, out)."""
+    return D @ spec.T if spec.dim() == 2 else torch.einsum("nim,nkm->nik", D, spec)
+
+
+def spec_values(z: Tensor, spec: Tensor) -> Tensor:
+    """Output values (N, out) mapped to spec rows: (N, K)."""
+    return z @ spec.T if spec.dim() == 2 else torch.einsum("nm,nkm->nk", z, spec)
+
+
+def output_rows(net: Network, N: int, dtype, device, spec: Optional[Tensor] = None) -> Tensor:
+    """The rows pulled back from the output, (N, K, *out_shape): the identity, or the spec's rows."""
+    out_dim = tuple(net.out_shape)
+    if spec is None:
+        m = math.prod(out_dim)
+        rows = torch.eye(m, dtype=dtype, device=device).expand(N, m, m)
+    else:
+        rows = spec.expand(N, -1, -1) if spec.dim() == 2 else spec
+    return rows.reshape((N, rows.shape[1]) + out_dim)
+
+
+def row_group(net: Network, N: int, K: int, images: Optional[int] = None) -> int:
+    """Rows per backward call: for convolutional nets about ``images`` (default
+    ``BACKWARD_IMAGES``) images (samples x rows) per transposed convolution (oneDNN: medium CNN, N = 256, 2 cores: 0.69 s in groups of
+    256 or 512 images, 0.96 s in one batch of 2560); dense nets keep all rows in one matmul."""
+    if any(isinstance(op, ConvOp) for stage in net.stages for op in stage):
+        return max(1, (BACKWARD_IMAGES if images is None else images) // max(N, 1))
+    return max(K, 1)
+
+
+def channels_last_like_rows(t: Tensor) -> Tensor:
+    """A per-neuron tensor (N, C, H, W) in the channels-last order of rows pulled back through a
+    convolution (:func:`pull_back_stage`), so elementwise products with them keep one layout."""
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
 
 def output_center(net: Network, mu: Tensor, center_at: str, masks: Sequence[Tensor]) -> Tensor:
@@ -212,32 +259,19 @@ def etb_backward(net: Network, mu: Tensor, r: Tensor, center_at: str, masks: Seq
     """
     N = mu.shape[0]
     z = output_center(net, mu, center_at, masks).flatten(1)
-    out_dim = z.shape[1]
-    if spec is None:
-        lam = torch.eye(out_dim, dtype=mu.dtype, device=mu.device).expand(N, out_dim, out_dim)
-    elif spec.dim() == 2:
-        lam = spec.expand(N, -1, -1)
-        z = z @ spec.T
-    else:
-        lam = spec
-        z = torch.einsum("nm,nkm->nk", z, spec)
+    if spec is not None:
+        z = spec_values(z, spec)
+    lam = output_rows(net, N, mu.dtype, mu.device, spec)
     K = lam.shape[1]
-    lam = lam.reshape((N, K) + tuple(net.out_shape))
     if K == 0:
         return z, lam.new_zeros(N, 0)
-    # Convolutional nets: rows in groups of about BACKWARD_IMAGES images per call (oneDNN's
-    # transposed convolutions: medium CNN, N = 256, 2 cores: 0.69 s in groups of 256 or 512 images,
-    # 0.96 s in one batch of 2560). Dense nets keep all rows in one matmul.
-    group = K
-    if any(isinstance(op, ConvOp) for stage in net.stages for op in stage):
-        group = max(1, BACKWARD_IMAGES // max(N, 1))
-        # masks in the channels-last order of the pulled-back rows: a same-layout multiply
-        masks = [m.contiguous(memory_format=torch.channels_last) if m.dim() == 4 else m for m in masks]
+    group = row_group(net, N, K)
+    masks = [channels_last_like_rows(m) for m in masks]
     radius = torch.cat([_pull_back(net, lam[:, k0:k0 + group], masks, r) for k0 in range(0, K, group)], dim=1)
     return z, radius
 
 
-# Images (samples x spec rows) per backward call of etb_backward.
+# Images (samples x spec rows) per backward call: see row_group.
 BACKWARD_IMAGES = 512
 
 
