@@ -1,5 +1,5 @@
-"""bench/roofline_network.py, chunk_size_network.py and micro_network_ops.py (sources of figures
-in docs/networks.md) run, count the flops they claim, and write their tables."""
+"""bench/roofline_network.py, chunk_size_network.py, micro_network_ops.py and lazy_tail.py (sources
+of figures in docs/networks.md) run, count the flops they claim, and write their tables."""
 import json
 import os
 import sys
@@ -79,3 +79,16 @@ def test_chunk_plan(bench_module, tmp_path):
         assert all(1 <= c < m for c, m in zip(r["cpu_default_chunk"], r["memory_chunk"]))
     assert plan["large"]["largest_numel_per_sample"] > plan["medium"]["largest_numel_per_sample"]
     assert "| medium |" in out.with_suffix(".md").read_text()
+
+
+def test_lazy_tail_bench(bench_module, tmp_path):
+    lazy = bench_module("lazy_tail")
+    out = tmp_path / "lt"
+    assert lazy.main(["--models", "mlp", "small", "--eps", "0.1", "--batch", "3", "--repeats", "1",
+                      "--out", str(out)]) == 0
+    rows = {r["model"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    assert rows["mlp"]["tail_start"] == 0 and rows["small"]["tail_start"] is None
+    for r in rows.values():
+        assert r["max_rel_radius_diff"] < 1e-4  # the same bounds either way (float32)
+        assert all(r[k] > 0 for k in ("full", "lazy", "full_fwd_bwd", "lazy_fwd_bwd"))
+    assert "| mlp | 0.1 | 0 (3) |" in out.with_suffix(".md").read_text()

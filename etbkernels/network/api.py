@@ -107,7 +107,8 @@ def bounds(model: nn.Module, x: Tensor, eps: Union[float, Tensor], *, method: st
     (~K backward passes; CROWN-IBP: 2K rows, a lower and an upper bound each). ``mask="etb"``
     (or ``return_layers``) needs every layer's bound and pushes the n input directions forward
     (~n forward passes per sample; CROWN forward: two such sets); a single hidden layer MLP uses
-    the fused ``etb_block`` kernel instead.
+    the fused ``etb_block`` kernel instead. Without ``return_layers``, ``mask="etb"`` forms in the
+    trailing Linear layers only the rows whose masks are undecided (:mod:`.etb_tail`).
     """
     if method not in METHODS:
         raise ValueError(f"bounds: method must be one of {METHODS}, got {method!r}")
@@ -177,15 +178,14 @@ def _etb(net: Network, mu, r, mask, center_at, spec, return_layers, chunk_size) 
     grad = _needs_grad(net, mu, r)
     # with gradients, a chunk's whole graph (every layer's tensors) is alive in backward
     chunk = chunk_size or _forward_chunk(net, grad, elem, mu.device)
-    L = len(net.stages)
 
     def run(mu_c, r_c, spec_c, *masks_c):
         res = etb_forward(net, mu_c, r_c, first, center_at, masks_c if given is not None else None,
-                          spec2 if spec_c is None else spec_c)
-        return tuple(t for cr in res for t in cr)
+                          spec2 if spec_c is None else spec_c, output_only=not return_layers)
+        return tuple(t for cr in (res if return_layers else res[-1:]) for t in cr)
 
     flat = _chunked(run, N, chunk, mu, r, spec3, *masks)
-    return [Bounds.from_center_radius(flat[2 * k], flat[2 * k + 1]) for k in range(L)]
+    return [Bounds.from_center_radius(flat[2 * k], flat[2 * k + 1]) for k in range(len(flat) // 2)]
 
 
 def _crown_ibp(net: Network, mu, r, spec, chunk_size) -> List[Bounds]:

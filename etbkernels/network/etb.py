@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from . import patches
+from .etb_tail import lazy_tail, radius_of_rows, tail_start
 from .layers import AvgPoolOp, ConvOp, FlattenOp, LinearOp
 from .parse import Network
 
@@ -117,7 +118,8 @@ def _next_activation(z: Tensor, s: Tensor, center_at: str) -> Tensor:
 
 
 def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
-                masks: Optional[Sequence[Tensor]] = None, spec: Optional[Tensor] = None) -> List[CR]:
+                masks: Optional[Sequence[Tensor]] = None, spec: Optional[Tensor] = None,
+                output_only: bool = False) -> List[CR]:
     """ETB bounds of every stage output for a chunk of samples, forming ``J_k`` forward.
 
     Convolutional layers keep ``J_k`` in patches form (:mod:`.patches`) while the windows are
@@ -131,6 +133,9 @@ def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
         masks: one 0/1 tensor (N, *stage shape) per ReLU, or None for ETB's own masks
             ``1[center_k + radius_k > 0]`` (the blockwise scheme).
         spec: optional (N, K, out) or (K, out) matrix applied to the output.
+        output_only: only the last entry of the result is wanted: with ETB's own masks, the
+            trailing Linear layers then form only the rows their masks need (:mod:`.etb_tail`),
+            and the result lists only the stages before them and the output.
 
     Returns:
         [(center_k, radius_k)] for k = 1..L (the last one is the output or ``spec @ output``).
@@ -145,6 +150,9 @@ def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
     for op in net.stages[0]:
         z = op.forward(z)
     out: List[CR] = []
+    t = tail_start(net, out_rows(net, spec)) if output_only and masks is None else None
+    if t == 0:
+        return [_output_from_tail(net, 0, None, None, r, r.flatten(1), mu.flatten(1), center_at, spec)]
     for k in range(1, len(net.stages)):
         radius = patches.radius(P, r) if P is not None else _abs_sum_directions(D)
         out.append((z, radius))
@@ -159,6 +167,8 @@ def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
         else:
             D = D * s.unsqueeze(1)
         z = _next_activation(z, s, center_at)
+        if k == t:
+            return out + [_output_from_tail(net, t, P, D, r, (radius * s).flatten(1), z.flatten(1), center_at, spec)]
         ops = net.stages[k]
         i = 0
         while i < len(ops):
@@ -182,6 +192,25 @@ def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
         D, z = spec_directions(D.flatten(2), spec), spec_values(z.flatten(1), spec)
     out.append((z, _abs_sum_directions(D)))
     return out
+
+
+def _output_from_tail(net: Network, t: int, P, D, r: Tensor, rad: Tensor, z: Tensor, center_at: str,
+                      spec: Optional[Tensor]) -> CR:
+    """The output's (center, radius) through the trailing Linear layers (:mod:`.etb_tail`); P and D
+    None: from the input itself (t = 0)."""
+    if P is not None:
+        D = patches.to_directions(P, r)
+    if D is not None:
+        D = D.reshape(D.shape[0], D.shape[1], -1)
+    z, rows = lazy_tail(net, t, D, rad, z, r, lambda v, s: _next_activation(v, s, center_at))
+    if spec is not None:
+        z, rows = spec_values(z, spec), torch.matmul(spec, rows)
+    return z, radius_of_rows(D, rows, r)
+
+
+def out_rows(net: Network, spec: Optional[Tensor]) -> int:
+    """K: the rows of the result (spec rows, or the outputs)."""
+    return spec.shape[-2] if spec is not None else math.prod(net.out_shape)
 
 
 def forward_step(ops, i: int, patch, n: int) -> str:
