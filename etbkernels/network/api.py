@@ -11,7 +11,7 @@ from ..block import etb_block
 from ..bounds_type import Bounds
 from .crown import crown_backward
 from .crown_forward import crown_forward, intersect
-from .etb import etb_backward, etb_forward, first_stage_directions, forward_numel_per_sample
+from .etb import etb_backward, etb_forward, first_stage_directions, forward_numel_per_sample, out_rows
 from .ibp import ibp_stages
 from .layers import LinearOp
 from .parse import Network, parse_model
@@ -240,7 +240,7 @@ def _needs_grad(net: Network, mu, r) -> bool:
 def _backward_chunk(net: Network, spec, rows_per_output: int, elem: int) -> int:
     """Samples per chunk of a backward pull-back of ``rows_per_output`` x K rows (K: spec rows or
     outputs) that keeps its tensors near ``DEFAULT_CHUNK_BYTES``."""
-    K = spec.shape[-2] if spec is not None else _numel(net.out_shape)
+    K = out_rows(net, spec)
     widest = max(max(_numel(op.in_shape), _numel(op.out_shape)) for st in net.stages for op in st)
     return max(1, DEFAULT_CHUNK_BYTES // max(1, 3 * rows_per_output * K * widest * elem))
 

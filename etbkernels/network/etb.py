@@ -140,6 +140,9 @@ def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
     Returns:
         [(center_k, radius_k)] for k = 1..L (the last one is the output or ``spec @ output``).
     """
+    t = tail_start(net, out_rows(net, spec)) if output_only and masks is None else None
+    if t == 0:  # no directions at all: the lazy tail starts from the input's, diag(r)
+        return [_output_from_tail(net, 0, None, None, r, r.flatten(1), mu.flatten(1), center_at, spec)]
     N = mu.shape[0]
     n = r.shape[1:].numel()  # not r[0]: an empty batch has none
     if isinstance(first, tuple):
@@ -150,9 +153,6 @@ def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
     for op in net.stages[0]:
         z = op.forward(z)
     out: List[CR] = []
-    t = tail_start(net, out_rows(net, spec)) if output_only and masks is None else None
-    if t == 0:
-        return [_output_from_tail(net, 0, None, None, r, r.flatten(1), mu.flatten(1), center_at, spec)]
     for k in range(1, len(net.stages)):
         radius = patches.radius(P, r) if P is not None else _abs_sum_directions(D)
         out.append((z, radius))
