@@ -5,7 +5,8 @@ Two ways to form the per-sample linear parts ``J_k`` of the masked prefixes:
 - :func:`etb_forward` (every layer's bound; needed for ``mask="etb"``): pushes the ``n`` input
   directions ``diag(r)`` forward, ``D_k = A_k S_{k-1} D_{k-1}`` (a batch of N*n "images" through
   each Linear/Conv2d), so ``radius_k = sum over directions |D_k|``. Cost ~ n forward passes per
-  sample; memory N * n * (widest layer).
+  sample; memory N * n * (widest layer). For the output alone (``output_only``) the trailing
+  Linear layers form only the rows their masks need (:mod:`.etb_tail`).
 - :func:`etb_backward` (the output / spec rows only, masks known, e.g. ``mask="ibp"``): pulls
   the K rows of ``C`` backward, ``Lambda <- Lambda A_k S_{k-1}`` (Linear transposes and
   conv_transpose2d on N*K images). Cost ~ K backward passes; memory N * K * (widest layer).

@@ -25,7 +25,6 @@ import math
 from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .layers import FlattenOp, LinearOp
@@ -134,12 +133,11 @@ def lazy_tail(net: Network, t: int, D: Optional[Tensor], rad: Tensor, z: Tensor,
         z = op.forward(z)
         with torch.no_grad():  # the masks carry no gradient
             zd = z.detach()
-            ub = F.linear(ub, W.abs())  # the incoming ub is already masked
+            ub = op.abs_linear(ub)  # the incoming ub is already masked
             if D is None and k == t:  # |W_1| r is the first layer's exact radius
                 s = (zd + ub > 0).to(z.dtype)
             else:
-                s = _decide(zd, ub, lambda idx: radius_of_rows(
-                    None if D is None else D.detach(), _pull_back_to_base(weights, masks, W.detach()[idx]), r))
+                s = _decide(zd, ub, lambda idx: radius_of_rows(D, _pull_back_to_base(weights, masks, W[idx]), r))
             ub.mul_(s)
         weights.append(W)
         masks.append(s)
