@@ -1,4 +1,4 @@
-"""Tightness study: per-layer widths of IBP, CROWN-IBP, CROWN forward, ETB(mask="ibp"), ETB(mask="etb") vs PGD.
+"""Tightness study: per-layer widths of IBP, CROWN-IBP, CROWN forward, CROWN, ETB(mask="ibp"), ETB(mask="etb") vs PGD.
 
 For random-init and briefly trained MNIST models (an MLP, the small and the medium CNN of the
 IBP paper) and several eps, on a few real MNIST test images, this measures per layer (the
@@ -6,8 +6,9 @@ pre-activation of each ReLU, then the logits):
 
 - the mean width of IBP (sound), CROWN-IBP (sound; it uses IBP's bounds at the hidden layers, so
   it differs from IBP at the logits only), CROWN's forward mode (sound, every layer; at the
-  logits also a backward CROWN pass, the tighter of the two), ETB with IBP masks (the authors' release), ETB with
-  its own masks (blockwise), each over the same randomly drawn neurons;
+  logits also a backward CROWN pass, the tighter of the two), full CROWN (sound, every layer by
+  its own backward pass: the tightest sound method here, and the slowest), ETB with IBP masks (the
+  authors' release), ETB with its own masks (blockwise), each over the same randomly drawn neurons;
 - an inner estimate of the true range: PGD maximizing and minimizing each drawn neuron
   separately (one start at the clean input + random starts, sign steps, box and [0, 1] clipping);
 - ETB's violation rate: the fraction of drawn (sample, neuron) pairs where the attack's max is
@@ -46,11 +47,12 @@ MODELS = {
 # (key, label, bounds() keywords); the sound methods first
 VARIANTS = [("ibp", "IBP", dict(method="ibp")), ("crown", "CROWN-IBP", dict(method="crown-ibp")),
             ("crown_fwd", "CROWN forward", dict(method="crown-forward")),
+            ("crown_full", "CROWN", dict(method="crown")),
             ("etb_ibp", "ETB mask=ibp", dict(mask="ibp", center_at="output")),
             ("etb_etb", "ETB mask=etb", dict(mask="etb", center_at="output")),
             ("etb_ibp_lin", "ETB mask=ibp (linear centre)", dict(mask="ibp", center_at="linear")),
             ("etb_etb_lin", "ETB mask=etb (linear centre)", dict(mask="etb", center_at="linear"))]
-SOUND = ("ibp", "crown", "crown_fwd")
+SOUND = ("ibp", "crown", "crown_fwd", "crown_full")
 
 
 def load_mnist():
@@ -164,6 +166,7 @@ def plot(results, path):
     fig, axes = plt.subplots(len(keys), len(eps_list), figsize=(4 * len(eps_list), 2.8 * len(keys)), squeeze=False)
     styles = [("ibp_width", "IBP", "tab:red", "-"), ("crown_width", "CROWN-IBP", "tab:green", "-."),
               ("crown_fwd_width", "CROWN forward", "tab:purple", "-."),
+              ("crown_full_width", "CROWN", "tab:brown", "-."),
               ("etb_ibp_width", "ETB mask=ibp", "tab:orange", "--"),
               ("etb_etb_width", "ETB mask=etb", "tab:blue", "-"), ("attack_width", "PGD (inner)", "k", ":")]
     for i, (model, state) in enumerate(keys):
@@ -181,7 +184,7 @@ def plot(results, path):
             if j == 0:
                 ax.set_ylabel("mean width", fontsize=8)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("Per-layer interval width (log): IBP, CROWN-IBP, CROWN forward (sound) vs ETB (expected bounds, "
+    fig.suptitle("Per-layer interval width (log): IBP, CROWN-IBP, CROWN forward, CROWN (sound) vs ETB (expected bounds, "
                  "not certificates) vs PGD", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.985))  # room for the title
     fig.savefig(path, dpi=110)
@@ -195,27 +198,29 @@ def write_md(results, meta, path):
             "Violation = fraction of drawn (sample, neuron) pairs the attack drives outside the ETB interval. "
             "Centre 'output' = the network's value at the box centre (default); 'linear' = the linearization.\n\n")
     f.write(f"Setup: {json.dumps(meta)}\n\n")
-    f.write("## Logits\n\n| model | state | acc | eps | IBP | CROWN-IBP | CROWN fwd | ETB mask=ibp | ETB mask=etb | "
-            "attack | IBP/ETB(etb) | CROWN fwd/ETB(etb) | ETB(etb)/attack | viol. ibp-mask out/lin | "
-            "viol. etb-mask out/lin |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    f.write("## Logits\n\n| model | state | acc | eps | IBP | CROWN-IBP | CROWN fwd | CROWN | ETB mask=ibp | "
+            "ETB mask=etb | attack | IBP/ETB(etb) | CROWN/ETB(etb) | ETB(etb)/attack | CROWN/attack | "
+            "viol. ibp-mask out/lin | viol. etb-mask out/lin |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     for r in results:
         if r["layer"] != "logits":
             continue
         f.write(f"| {r['model']} | {r['state']} | {r['acc']:.3f} | {r['eps']} | {r['ibp_width']:.4g} | "
-                f"{r['crown_width']:.4g} | {r['crown_fwd_width']:.4g} | {r['etb_ibp_width']:.4g} | "
-                f"{r['etb_etb_width']:.4g} | {r['attack_width']:.4g} | "
+                f"{r['crown_width']:.4g} | {r['crown_fwd_width']:.4g} | {r['crown_full_width']:.4g} | "
+                f"{r['etb_ibp_width']:.4g} | {r['etb_etb_width']:.4g} | {r['attack_width']:.4g} | "
                 f"{r['ibp_width'] / max(r['etb_etb_width'], 1e-30):.3g} | "
-                f"{r['crown_fwd_width'] / max(r['etb_etb_width'], 1e-30):.3g} | "
+                f"{r['crown_full_width'] / max(r['etb_etb_width'], 1e-30):.3g} | "
                 f"{r['etb_etb_width'] / max(r['attack_width'], 1e-30):.3g} | "
+                f"{r['crown_full_width'] / max(r['attack_width'], 1e-30):.3g} | "
                 f"{r['etb_ibp_violation']:.2f} / {r['etb_ibp_lin_violation']:.2f} | "
                 f"{r['etb_etb_violation']:.2f} / {r['etb_etb_lin_violation']:.2f} |\n")
-    f.write("\n## Every layer\n\n| model | state | eps | layer | drawn/total | IBP | CROWN fwd | ETB mask=ibp | "
-            "ETB mask=etb | attack | viol. ibp-mask out/lin | viol. etb-mask out/lin |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    f.write("\n## Every layer\n\n| model | state | eps | layer | drawn/total | IBP | CROWN fwd | CROWN | "
+            "ETB mask=ibp | ETB mask=etb | attack | viol. ibp-mask out/lin | viol. etb-mask out/lin |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     for r in results:
         f.write(f"| {r['model']} | {r['state']} | {r['eps']} | {r['layer']} | {r['neurons_drawn']}/{r['neurons_total']} | "
-                f"{r['ibp_width']:.4g} | {r['crown_fwd_width']:.4g} | {r['etb_ibp_width']:.4g} | "
-                f"{r['etb_etb_width']:.4g} | {r['attack_width']:.4g} | "
+                f"{r['ibp_width']:.4g} | {r['crown_fwd_width']:.4g} | {r['crown_full_width']:.4g} | "
+                f"{r['etb_ibp_width']:.4g} | {r['etb_etb_width']:.4g} | {r['attack_width']:.4g} | "
                 f"{r['etb_ibp_violation']:.2f} / {r['etb_ibp_lin_violation']:.2f} | "
                 f"{r['etb_etb_violation']:.2f} / {r['etb_etb_lin_violation']:.2f} |\n")
     for key, label, _ in VARIANTS:

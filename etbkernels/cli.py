@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pgd-step-size", type=float, help="default 2.5 * eps / steps")
     e.add_argument("--float32", action="store_true", help="bounds in float32 (default float64)")
     e.add_argument("--etb-mask", choices=("ibp", "etb"), default="ibp")
+    e.add_argument("--full-crown", action="store_true", help="also verify with full CROWN (sound, the tightest "
+                                                               "here; a backward pass per hidden neuron: slow)")
     e.add_argument("--violation-limit", type=_nonneg, default=200, help="images attacked per margin for the ETB "
                                                                     "violation rate (0: skip)")
     e.add_argument("--violation-steps", type=_nonneg, default=20)
@@ -191,7 +193,7 @@ def _eval(a) -> int:
                      pgd_restarts=a.pgd_restarts, pgd_step_size=a.pgd_step_size, float64=not a.float32,
                      etb_mask=a.etb_mask, violation_limit=a.violation_limit, violation_steps=a.violation_steps,
                      violation_restarts=a.violation_restarts, data_dir=a.data_dir, device=a.device, seed=a.seed,
-                     show_progress=not a.no_progress)
+                     show_progress=not a.no_progress, full_crown=a.full_crown)
         path = out / f"eval_eps{r['eps']:g}.json"
         write_json_atomic(path, r)
         results.append(r)

@@ -10,8 +10,8 @@ Change one line of a training script::
     loss, logits = model.robust_loss(x, y)                      # ETB release loss (see ETB.md)
     loss.backward()
 
-``method="ibp"`` gives sound IBP bounds instead (``"crown-ibp"``, ``"crown-forward"``: sound and
-tighter; see docs/networks.md). **ETB bounds are expected bounds, not certificates**: use them to
+``method="ibp"`` gives sound IBP bounds instead (``"crown-ibp"``, ``"crown-forward"``, ``"crown"``:
+sound and tighter; see docs/networks.md). **ETB bounds are expected bounds, not certificates**: use them to
 train and to report "ETB-expected" robustness, never as verified accuracy (only the sound
 methods' margins are). ``eps`` is in the units of the model's *input*: put an
 :class:`etbkernels.Normalize` first in the model and give eps in pixels; the box is then
@@ -43,7 +43,7 @@ class BoundedModel(nn.Module):
         model: an ``nn.Sequential`` that :func:`etbkernels.bounds` accepts (Linear, Conv2d, ReLU,
             Flatten, eval BatchNorm, AvgPool2d, Normalize, ...).
         method: "etb" (default; expected bounds, not certificates), or one of the sound methods
-            "ibp", "crown-ibp", "crown-forward" (see :func:`etbkernels.bounds`).
+            "ibp", "crown-ibp", "crown-forward", "crown" (see :func:`etbkernels.bounds`).
         eps: default L-inf radius in the model's input units (None: must be given per call).
         mask, center_at: ETB options passed to :func:`etbkernels.bounds` (None: its defaults;
             ``mask="ibp"`` is the authors' release and the fastest ETB variant).

@@ -236,3 +236,49 @@ def crown_forward_ref(model, x, eps, spec=None):
         per_sample.append(layers)
     return [(torch.stack([p[k][0] for p in per_sample]), torch.stack([p[k][1] for p in per_sample]))
             for k in range(len(segs))]
+
+
+def _interval_through(maps, lo, hi):
+    """Interval arithmetic through dense maps [(W, b)], one after the other."""
+    for W, b in maps:
+        Wp, Wn = W.clamp(min=0), W.clamp(max=0)
+        lo, hi = Wp @ lo + Wn @ hi + b, Wp @ hi + Wn @ lo + b
+    return lo, hi
+
+
+def crown_full_ref(model, x, eps, spec=None):
+    """Full CROWN, layer by layer: the pre-activation bounds of ReLU k are :func:`crown_ibp_ref` of
+    the model cut before that ReLU, on the (earlier) bounds computed so far, intersected with
+    interval arithmetic module by module (:func:`affine_segments` ``per_module``) from the previous
+    intersected interval; the output likewise (the spec folded into the last module's map for the
+    interval). Returns [(lower, upper) flattened per sample, for each ReLU input and the output]."""
+    mods = modules(model)
+    relus = [i for i, m in enumerate(mods) if isinstance(m, nn.ReLU)]
+    segs = affine_segments(model, x, per_module=True)
+    eps_t = torch.as_tensor(eps, dtype=x.dtype).expand_as(x)
+    lo_box, hi_box = (x - eps_t).flatten(1), (x + eps_t).flatten(1)
+    out = []
+    for k, maps in enumerate(segs):
+        last = k == len(segs) - 1
+        if last and spec is not None:
+            lo_c, up_c = crown_ibp_ref(model, x, eps, spec, pre=out)
+        else:
+            cut = model if last else nn.Sequential(*mods[:relus[k]])
+            lo_c, up_c = crown_ibp_ref(cut, x, eps, pre=out)
+        ibp_lo, ibp_hi = [], []
+        for i in range(x.shape[0]):
+            m = maps
+            if last and spec is not None:
+                C = spec[i] if spec.dim() == 3 else spec
+                m = maps[:-1] + [(C @ maps[-1][0], C @ maps[-1][1])]
+            if k == 0:
+                a, b = lo_box[i], hi_box[i]
+            else:
+                a, b = torch.relu(out[-1][0][i]), torch.relu(out[-1][1][i])
+            lo_i, hi_i = _interval_through(m, a, b)
+            ibp_lo.append(lo_i)
+            ibp_hi.append(hi_i)
+        lo = torch.maximum(lo_c, torch.stack(ibp_lo))
+        hi = torch.maximum(torch.minimum(up_c, torch.stack(ibp_hi)), lo)
+        out.append((lo, hi))
+    return out

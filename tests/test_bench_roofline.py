@@ -1,4 +1,4 @@
-"""bench/roofline_network.py, chunk_size_network.py, micro_network_ops.py and lazy_tail.py (sources
+"""bench/roofline_network.py, chunk_size_network.py, micro_network_ops.py, lazy_tail.py and crown_full.py (sources
 of figures in docs/networks.md) run, count the flops they claim, and write their tables."""
 import json
 import os
@@ -92,3 +92,18 @@ def test_lazy_tail_bench(bench_module, tmp_path):
         assert r["max_rel_radius_diff"] < 1e-4  # the same bounds either way (float32)
         assert all(r[k] > 0 for k in ("full", "lazy", "full_fwd_bwd", "lazy_fwd_bwd"))
     assert "| mlp | 0.1 | 0 (3) |" in out.with_suffix(".md").read_text()
+
+
+def test_crown_full_bench(bench_module, tmp_path):
+    cf = bench_module("crown_full")
+    out = tmp_path / "cf"
+    assert cf.main(["--models", "small", "--eps", "0.1", "--batch", "2", "--repeats", "1", "--out", str(out)]) == 0
+    (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]
+    w, f = row["width"], row["gflop"]
+    # the same bounds both ways, far fewer flops on windows; the sound widths in their known order
+    assert abs(w["crown"] - w["crown_dense"]) <= 1e-5 * w["crown"]
+    assert f["crown_dense"] > 10 * f["crown"] > 0
+    assert w["crown"] < w["crown_forward"] < w["crown_ibp"] < w["ibp"]
+    assert all(t > 0 for t in row["time_s"].values())
+    text = out.with_suffix(".md").read_text()
+    assert "| small | 0.1 | 2 | CROWN, dense rows |" in text and "Windowed over dense rows" in text

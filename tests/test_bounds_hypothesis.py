@@ -15,9 +15,9 @@ from etbkernels.testing import box_points
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 width = st.integers(1, 8)
-# (method, mask): IBP, CROWN-IBP, CROWN's forward mode, ETB with its own blockwise masks (forward),
+# (method, mask): IBP, CROWN-IBP, CROWN's forward mode, full CROWN, ETB with its own blockwise masks (forward),
 # ETB with IBP masks (backward rows)
-VARIANTS = [dict(method="ibp"), dict(method="crown-ibp"), dict(method="crown-forward"),
+VARIANTS = [dict(method="ibp"), dict(method="crown-ibp"), dict(method="crown-forward"), dict(method="crown"),
             dict(method="etb", mask="etb"), dict(method="etb", mask="ibp")]
 
 
@@ -78,7 +78,7 @@ def _close(a, b):
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["ibp", "crown-ibp", "crown-forward"])  # the sound methods
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp", "crown-forward", "crown"])  # the sound methods
 @settings(deadline=None)
 @given(case=cases())
 def test_sound_methods_contain_outputs_at_sampled_points_and_vertices(method, case):

@@ -13,7 +13,7 @@ def _cnn():
                          nn.Flatten(), nn.Linear(16, 5), nn.ReLU(), nn.Linear(5, 3)).double()
 
 
-@pytest.mark.parametrize("method,mask", [("ibp", None), ("crown-ibp", None), ("crown-forward", None), ("etb", "ibp"),
+@pytest.mark.parametrize("method,mask", [("ibp", None), ("crown-ibp", None), ("crown-forward", None), ("crown", None), ("etb", "ibp"),
                                          ("etb", "etb")])
 def test_gradcheck_x_eps_weight(method, mask):
     model = _cnn()

@@ -39,7 +39,7 @@ def test_forward_is_the_models_own():
 
 
 @pytest.mark.parametrize("method,mask", [("etb", None), ("etb", "ibp"), ("ibp", None), ("crown-ibp", None),
-                                         ("crown-forward", None)])
+                                         ("crown-forward", None), ("crown", None)])
 def test_bounds_equal_the_api(method, mask):
     net = _cnn()
     x, y = _data()
@@ -123,7 +123,7 @@ def test_errors():
     net = _cnn()
     x, y = _data()
     with pytest.raises(ValueError, match="method must be"):
-        enn.BoundedModel(net, method="crown")
+        enn.BoundedModel(net, method="crown-full")
     with pytest.raises(ValueError, match="no eps given"):
         enn.BoundedModel(net).bounds(x)
     with pytest.raises(ValueError, match="eps must be >= 0"):

@@ -157,6 +157,16 @@ def test_eval_metrics_json_table_and_plot(tmp_path, capsys):
         assert 0 <= r1["etb_violation_rate"] <= 1 and r1["violation_images"] == 12
         assert 0 < r1["etb_margin_width"] < r1["ibp_margin_width"]
         assert r1["settings"]["bounds_dtype"] == "float64"
+        assert r1["crown_full_verified_acc"] is None and r1["settings"]["full_crown"] is False  # opt-in
+    # full CROWN (opt-in): sound, so within what PGD leaves robust, and counted in "any"
+    full_out = tmp_path / "full"
+    assert main(["eval", str(runs["ibp"]), "--eps", "0.1", "--limit", "30", "--batch-size", "30", "--pgd-steps", "5",
+                 "--violation-limit", "0", "--threads", "1", "--no-progress", "--full-crown", "--out", str(full_out)]) == 0
+    rf = json.loads((full_out / "eval_eps0.1.json").read_text())
+    assert rf["settings"]["full_crown"] is True and rf["verified_but_pgd_broken"] == 0
+    assert 0 < rf["crown_full_margin_width"] <= rf["crown_margin_width"] + 1e-9
+    assert rf["crown_full_verified_acc"] <= rf["verified_acc"] <= rf["pgd_acc"]
+    assert "CROWN-verified (sound; --full-crown)" in (full_out / "eval.md").read_text()
     # PGD at eps 0.1 hurts the nominal model at least somewhat on 60 images
     nominal = json.loads((runs["nominal"] / "eval_eps0.1.json").read_text())
     assert nominal["pgd_acc"] < nominal["clean_acc"]

@@ -11,12 +11,13 @@ from ..block import etb_block
 from ..bounds_type import Bounds
 from .crown import crown_backward
 from .crown_forward import crown_forward, intersect
+from .crown_full import crown_layers, graph_numel_per_sample
 from .etb import etb_backward, etb_forward, first_stage_directions, forward_numel_per_sample, out_rows
 from .ibp import ibp_stages
 from .layers import LinearOp
 from .parse import Network, parse_model
 
-METHODS = ("etb", "ibp", "crown-ibp", "crown-forward")
+METHODS = ("etb", "ibp", "crown-ibp", "crown-forward", "crown")
 MASKS = ("etb", "ibp")
 CENTER_AT = ("output", "linear")
 #: Memory the chunking aims at for the largest per-chunk tensors (bytes); see ``chunk_size``.
@@ -64,7 +65,10 @@ def bounds(model: nn.Module, x: Tensor, eps: Union[float, Tensor], *, method: st
     Sound methods: ``method="ibp"`` (interval bound propagation); ``"crown-ibp"`` (a backward
     linear relaxation on IBP's pre-activation bounds: tighter at the output, ~2x the cost of
     ETB's ``mask="ibp"``); ``"crown-forward"`` (CROWN's forward mode: every layer tighter than
-    IBP, ~3x the cost of ETB's ``mask="etb"``; see docs/networks.md). ``method="etb"`` gives
+    IBP, ~3x the cost of ETB's ``mask="etb"``; see docs/networks.md); ``"crown"`` (full CROWN:
+    every layer's interval from CROWN's own backward pass, one row per neuron; the tightest sound
+    method here on networks not trained for IBP, and by far the slowest: hundreds of times IBP on
+    a CNN, so meant for evaluation on small batches). ``method="etb"`` gives
     Expected Tight Bounds: **expected bounds, not certificates** -- much tighter than IBP, but an
     attack may find outputs outside them; never report them as verified.
 
@@ -76,8 +80,8 @@ def bounds(model: nn.Module, x: Tensor, eps: Union[float, Tensor], *, method: st
         x: (N, *input shape) float32/float64 inputs, in the units of the model's input (raw pixels
             when the model starts with a Normalize layer); same dtype/device as the model.
         eps: box radius >= 0: a number or a tensor broadcastable to ``x``.
-        method: "etb" (default), "ibp", "crown-ibp" (:mod:`.crown`) or "crown-forward"
-            (:mod:`.crown_forward`).
+        method: "etb" (default), "ibp", "crown-ibp" (:mod:`.crown`), "crown-forward"
+            (:mod:`.crown_forward`) or "crown" (:mod:`.crown_full`).
         mask: ETB only. "etb" (default): each ReLU's mask comes from ETB's own upper bound of the
             prefix ending there (blockwise scheme); "ibp": from IBP's upper bound (the authors'
             release); or a list of 0/1 tensors, one (N, *pre-activation shape) per ReLU.
@@ -90,11 +94,12 @@ def bounds(model: nn.Module, x: Tensor, eps: Union[float, Tensor], *, method: st
         clip: optional (low, high) valid input range: the box becomes
             ``[max(x - eps, low), min(x + eps, high)]``.
         return_layers: also return the bounds of every ReLU's pre-activation (IBP's for
-            ``method="crown-ibp"``: the ones its relaxation uses).
+            ``method="crown-ibp"``: the ones its relaxation uses; CROWN's own for ``"crown"``).
         chunk_size: samples processed together (not IBP; default: chosen so the largest per-chunk
             tensors stay near ``DEFAULT_CHUNK_BYTES`` = 1 GiB, and on CPU, for the forward
             (``mask="etb"``, ``"crown-forward"``) path, near ``CPU_CACHE_CHUNK_BYTES`` = 32 MiB, a
-            last-level cache).
+            last-level cache; ``"crown"`` bounds its memory by row groups instead, and takes the
+            whole batch at once unless gradients flow).
             With gradients enabled each chunk is checkpointed, so memory stays bounded in
             backward too.
 
@@ -137,6 +142,8 @@ def bounds(model: nn.Module, x: Tensor, eps: Union[float, Tensor], *, method: st
         layers = _crown_ibp(net, mu, r, spec, chunk_size)
     elif method == "crown-forward":
         layers = _crown_forward(net, mu, r, spec, chunk_size)
+    elif method == "crown":
+        layers = _crown_full(net, mu, r, spec, chunk_size)
     else:
         layers = _etb(net, mu, r, mask, center_at, spec, return_layers, chunk_size)
     out = layers[-1]
@@ -209,6 +216,22 @@ def _crown_forward(net: Network, mu, r, spec, chunk_size) -> List[Bounds]:
     layers = [Bounds(flat[2 * k], flat[2 * k + 1]) for k in range(len(net.stages))]
     back = _crown_output(net, mu, r, layers[:-1], spec, chunk_size)
     return layers[:-1] + [Bounds(*intersect(layers[-1].lower, layers[-1].upper, back.lower, back.upper))]
+
+
+def _crown_full(net: Network, mu, r, spec, chunk_size) -> List[Bounds]:
+    """Full CROWN (:mod:`.crown_full`): every layer's interval from CROWN's own backward pass."""
+    spec2, spec3 = _split_spec(spec)
+    if chunk_size is None:  # the row groups bound memory without a graph; with one, the graph does
+        chunk = mu.shape[0] if not _needs_grad(net, mu, r) else \
+            max(1, DEFAULT_CHUNK_BYTES // (graph_numel_per_sample(net) * mu.element_size()))
+    else:
+        chunk = chunk_size
+
+    def run(mu_c, r_c, spec_c):
+        return tuple(t for lu in crown_layers(net, mu_c, r_c, spec2 if spec_c is None else spec_c) for t in lu)
+
+    flat = _chunked(run, mu.shape[0], max(chunk, 1), mu, r, spec3)
+    return [Bounds(flat[2 * k], flat[2 * k + 1]) for k in range(len(flat) // 2)]
 
 
 def _crown_output(net: Network, mu, r, pre: List[Bounds], spec, chunk_size) -> Bounds:

@@ -69,21 +69,26 @@ def crown_backward(net: Network, mu: Tensor, r: Tensor, pre: Sequence[Tuple[Tens
     if K == 0:
         return rows.new_zeros(N, 0), rows.new_zeros(N, 0)
     lam = torch.cat([rows, -rows], dim=1)
-    relax = []
-    for lo, up in pre:
-        a_l, a_u, c_u = relu_relaxation(lo, up)
-        # the slope, the extra slope of positive coefficients, the offset
-        relax.append(tuple(channels_last_like_rows(t) for t in (a_l, a_u - a_l, c_u)))
+    relax = [relaxation_terms(lo, up) for lo, up in pre]
     offsets = [stage_offset(st, mu.dtype, mu.device) for st in net.stages]
     group = row_group(net, N, 2 * K, images_per_call)
-    upper = torch.cat([_upper_bounds(net, lam[:, g:g + group], relax, offsets, mu, r)
+    upper = torch.cat([upper_bounds(net, lam[:, g:g + group], relax, offsets, mu, r)
                        for g in range(0, 2 * K, group)], dim=1)
     return -upper[:, K:], upper[:, :K]
 
 
-def _upper_bounds(net: Network, lam: Tensor, relax: List[Tuple[Tensor, Tensor, Tensor]], offsets: List[Tensor],
-                  mu: Tensor, r: Tensor) -> Tensor:
-    """Upper bounds of the rows ``lam`` (N, K, *out_shape) of the network's output over the box."""
+def relaxation_terms(lower: Tensor, upper: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """What :func:`upper_bounds` needs of one ReLU's relaxation on ``[lower, upper]``: the lower
+    slope, the extra slope of positive coefficients (``a_u - a_l``) and the offset, in the layout
+    of rows pulled back to that ReLU."""
+    a_l, a_u, c_u = relu_relaxation(lower, upper)
+    return tuple(channels_last_like_rows(t) for t in (a_l, a_u - a_l, c_u))
+
+
+def upper_bounds(net: Network, lam: Tensor, relax: List[Tuple[Tensor, Tensor, Tensor]], offsets: List[Tensor],
+                 mu: Tensor, r: Tensor) -> Tensor:
+    """Upper bounds of the rows ``lam`` (N, K, *out_shape) of the network's output over the box;
+    ``relax``: :func:`relaxation_terms` of each ReLU; ``offsets``: :func:`stage_offset` of each stage."""
     bias = lam.new_zeros(lam.shape[:2])
     # without a graph the relaxation goes in place once lam is a tensor made here (see _pull_back)
     owned, inplace = False, not torch.is_grad_enabled()

@@ -1,5 +1,5 @@
-"""Evaluation of a trained checkpoint: clean, PGD, verified by IBP, CROWN-IBP or CROWN forward (sound),
-ETB-expected (NOT a certificate).
+"""Evaluation of a trained checkpoint: clean, PGD, verified by IBP, CROWN-IBP, CROWN forward or (opt-in)
+full CROWN (sound), ETB-expected (NOT a certificate).
 
 Every number is in pixel units: the models start with their Normalize layer, and ``bounds``
 takes the box in the model's input units. Bounds are computed in float64 by default (the
@@ -29,6 +29,7 @@ COLUMNS = [
     ("clean_acc", "clean", "{:.2%}"), ("pgd_acc", "PGD", "{:.2%}"), ("ibp_verified_acc", "IBP-verified (sound)", "{:.2%}"),
     ("crown_verified_acc", "CROWN-IBP-verified (sound)", "{:.2%}"),
     ("crown_forward_verified_acc", "CROWN-forward-verified (sound)", "{:.2%}"),
+    ("crown_full_verified_acc", "CROWN-verified (sound; --full-crown)", "{:.2%}"),
     ("verified_acc", "verified by any (sound)", "{:.2%}"),
     ("etb_expected_acc", "ETB-expected (not a certificate)", "{:.2%}"),
     ("etb_violation_rate", "ETB violation rate", "{:.2%}"),
@@ -37,8 +38,9 @@ COLUMNS = [
     ("crown_forward_margin_width", "mean CROWN forward margin width", "{:.4g}"),
 ]
 
-NOTE = ("IBP-, CROWN-IBP- and CROWN-forward-verified accuracy are sound (margin lower bounds > 0 in float64); "
-        "'any' counts an image verified by one of them, which is sound too. ETB-expected robust accuracy "
+NOTE = ("IBP-, CROWN-IBP-, CROWN-forward- and CROWN-verified accuracy are sound (margin lower bounds > 0 in "
+        "float64; full CROWN only with --full-crown, n/a otherwise); 'any' counts an image verified by one of them, "
+        "which is sound too. ETB-expected robust accuracy "
         "uses ETB's expected bounds: it is NOT a certificate. ETB violation rate: fraction of (image, margin) "
         "pairs where PGD found a margin value outside the ETB interval.")
 
@@ -59,7 +61,7 @@ def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit
              batch_size: int = 200, pgd_steps: int = 40, pgd_restarts: int = 1, pgd_step_size: Optional[float] = None,
              float64: bool = True, etb_mask: str = "ibp", violation_limit: int = 200, violation_steps: int = 20,
              violation_restarts: int = 1, violation_tol: float = 1e-6, data_dir: Optional[str] = None,
-             device: str = "cpu", seed: int = 0, show_progress: bool = True) -> Dict:
+             device: str = "cpu", seed: int = 0, show_progress: bool = True, full_crown: bool = False) -> Dict:
     """Evaluates a checkpoint on the test split; returns a JSON-ready dict (see :data:`COLUMNS`).
 
     Args:
@@ -71,6 +73,9 @@ def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit
         violation_limit, violation_steps, violation_restarts: PGD on every margin, both
             directions, on the first ``violation_limit`` images, to measure how often the ETB
             interval misses values the network takes (violation_tol: slack for rounding).
+        full_crown: also verify with full CROWN (``bounds(method="crown")``: the tightest sound
+            bounds here on networks not trained for IBP, and a backward pass per hidden neuron, so
+            seconds per image on a CNN: see docs/networks.md).
     """
     state = load_run_checkpoint(checkpoint)
     cfg = state["config"]
@@ -84,8 +89,8 @@ def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit
     x_all, y_all = load_dataset(cfg["dataset"], "test", data_dir or cfg.get("data_dir"), limit)
     N = len(x_all)
     K = DATASETS[cfg["dataset"]][2]
-    sums = dict(clean=0, pgd=0, ibp=0, crown=0, crown_fwd=0, any=0, etb=0, verified_not_pgd=0, etb_w=0.0, ibp_w=0.0,
-                crown_w=0.0, crown_fwd_w=0.0)
+    sums = dict(clean=0, pgd=0, ibp=0, crown=0, crown_fwd=0, crown_full=0, any=0, etb=0, verified_not_pgd=0,
+                etb_w=0.0, ibp_w=0.0, crown_w=0.0, crown_fwd_w=0.0, crown_full_w=0.0)
     viol = dict(pairs=0, pairs_lower=0, images=0, n_pairs=0, n_images=0, ibp_pairs=0)
     starts = list(range(0, N, batch_size))
     for bi, s in enumerate(progress(starts, desc=f"eval eps={eps:g}", disable=not show_progress or None)):
@@ -101,10 +106,16 @@ def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit
             cb = bounds(bmodel, xb, eps, method="crown-ibp", spec=spec, clip=CLIP)
             fb = bounds(bmodel, xb, eps, method="crown-forward", spec=spec, clip=CLIP)
             eb = bounds(bmodel, xb, eps, method="etb", mask=etb_mask, spec=spec, clip=CLIP)
+            full = bounds(bmodel, xb, eps, method="crown", spec=spec, clip=CLIP) if full_crown else None
         ibp_ok = (ib.lower > 0).all(1)
         crown_ok = (cb.lower > 0).all(1)
         fwd_ok = (fb.lower > 0).all(1)
         verified = ibp_ok | crown_ok | fwd_ok
+        if full is not None:
+            full_ok = (full.lower > 0).all(1)
+            verified = verified | full_ok
+            sums["crown_full"] += int(full_ok.sum())
+            sums["crown_full_w"] += float(full.width.sum())
         etb_ok = (eb.lower > 0).all(1)
         sums["clean"] += int(clean.sum())
         sums["pgd"] += int(robust.sum())
@@ -113,7 +124,7 @@ def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit
         sums["crown_fwd"] += int(fwd_ok.sum())
         sums["any"] += int(verified.sum())
         sums["etb"] += int(etb_ok.sum())
-        sums["verified_not_pgd"] += int((verified & ~robust).sum())  # must stay 0 (all three are sound)
+        sums["verified_not_pgd"] += int((verified & ~robust).sum())  # must stay 0 (all are sound)
         sums["etb_w"] += float(eb.width.sum())
         sums["ibp_w"] += float(ib.width.sum())
         sums["crown_w"] += float(cb.width.sum())
@@ -148,6 +159,7 @@ def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit
         "ibp_verified_acc": sums["ibp"] / N,
         "crown_verified_acc": sums["crown"] / N,
         "crown_forward_verified_acc": sums["crown_fwd"] / N,
+        "crown_full_verified_acc": sums["crown_full"] / N if full_crown else None,
         "verified_acc": sums["any"] / N,
         "etb_expected_acc": sums["etb"] / N,
         "etb_violation_rate": viol["pairs"] / npairs if viol["n_pairs"] else None,
@@ -158,11 +170,12 @@ def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit
         "etb_margin_width": sums["etb_w"] / (N * (K - 1)), "ibp_margin_width": sums["ibp_w"] / (N * (K - 1)),
         "crown_margin_width": sums["crown_w"] / (N * (K - 1)),
         "crown_forward_margin_width": sums["crown_fwd_w"] / (N * (K - 1)),
+        "crown_full_margin_width": sums["crown_full_w"] / (N * (K - 1)) if full_crown else None,
         "verified_but_pgd_broken": sums["verified_not_pgd"],
         "settings": {"pgd_steps": pgd_steps, "pgd_restarts": pgd_restarts, "pgd_step_size": pgd_step_size,
                      "bounds_dtype": str(bdtype).replace("torch.", ""), "etb_mask": etb_mask,
                      "etb_center": "output", "violation_steps": violation_steps,
-                     "violation_restarts": violation_restarts, "seed": seed},
+                     "violation_restarts": violation_restarts, "seed": seed, "full_crown": full_crown},
         "note": NOTE,
     }
     return res

@@ -1,0 +1,205 @@
+"""Full CROWN, ``bounds(..., method="crown")``: every layer equals a dense per-sample reference,
+is sound at every ReLU and at the output (sampled points, vertices, PGD), is tighter than
+CROWN-IBP where its own intervals are, and is differentiable."""
+import pytest
+import torch
+from torch import nn
+
+from etbkernels.attacks import pgd_output_range
+from etbkernels.network import bounds, margin_spec, models
+from etbkernels.network import crown_full
+from etbkernels.network.parse import parse_model
+from network_ref import crown_full_ref, modules
+from test_network_reference import CASES
+
+torch.manual_seed(11)
+
+
+@pytest.mark.parametrize("name,make,shape", CASES)
+@pytest.mark.parametrize("spec_kind", [None, "shared", "margin"])
+def test_every_layer_equals_dense_reference(name, make, shape, spec_kind):
+    model = make()
+    x = torch.rand(shape, dtype=torch.float64)
+    eps = torch.rand(shape[1:], dtype=torch.float64) * 0.08  # a different radius per input
+    out = model(x).shape[1]
+    spec = None if spec_kind is None else torch.randn(3, out, dtype=torch.float64) if spec_kind == "shared" \
+        else margin_spec(torch.randint(0, out, (shape[0],)), out, dtype=torch.float64)
+    ref = crown_full_ref(model, x, eps, spec)
+    b, layers = bounds(model, x, eps, method="crown", spec=spec, return_layers=True)
+    assert len(layers) == len(ref) - 1
+    for got, (lo, up) in zip(layers + [b], ref):
+        torch.testing.assert_close(got.lower.flatten(1), lo)
+        torch.testing.assert_close(got.upper.flatten(1), up)
+    # CROWN's own intervals differ from IBP's from the second ReLU on, or this tests nothing new
+    _, ibp_layers = bounds(model, x, eps, method="ibp", return_layers=True)
+    assert all(float((c.width - a.width).detach().max()) > 1e-6 for a, c in zip(layers[1:], ibp_layers[1:]))
+
+
+def test_first_stage_conv_then_avgpool_is_exact():
+    """Stage 0 with two ops that mix neurons: IBP op by op is looser; CROWN pulls the rows back
+    through both and gets the exact range ``W mu + b +- |W| r`` of their product."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AvgPool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3)).double()
+    x = torch.rand(2, 1, 6, 6, dtype=torch.float64)
+    assert not crown_full.ibp_is_exact(parse_model(model, (1, 6, 6), x).stages[0])
+    _, layers = bounds(model, x, 0.1, method="crown", return_layers=True)
+    _, ibp_layers = bounds(model, x, 0.1, method="ibp", return_layers=True)
+    cut = nn.Sequential(*modules(model)[:2])
+    eye = torch.eye(36, dtype=torch.float64).reshape(36, 1, 6, 6)
+    W = (cut(eye) - cut(torch.zeros(1, 1, 6, 6, dtype=torch.float64))).flatten(1).T  # (8, 36)
+    c, r = cut(x).flatten(1), 0.1 * W.abs().sum(1)
+    torch.testing.assert_close(layers[0].lower.flatten(1), c - r)
+    torch.testing.assert_close(layers[0].upper.flatten(1), c + r)
+    assert float((ibp_layers[0].width - layers[0].width).max()) > 1e-3
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_sound_at_every_layer(seed):
+    torch.manual_seed(seed)
+    model = CASES[2][1]()
+    x = torch.rand(2, 1, 14, 14, dtype=torch.float64)
+    eps = 0.08
+    with torch.no_grad():
+        b, layers = bounds(model, x, eps, method="crown", return_layers=True)
+        u = torch.rand((300,) + x.shape, dtype=torch.float64) * 2 - 1
+        u[:150] = u[:150].sign()  # vertices
+        z, k = (x + eps * u).reshape((-1,) + x.shape[1:]), 0
+        for m in modules(model):  # each ReLU's input lies in its bounds
+            if isinstance(m, nn.ReLU):
+                zz = z.reshape((300,) + layers[k].lower.shape)
+                assert bool((zz >= layers[k].lower - 1e-12).all()) and bool((zz <= layers[k].upper + 1e-12).all())
+                k += 1
+            z = m(z)
+        assert k == len(layers)
+        y = z.reshape(300, 2, -1)
+        assert bool((y >= b.lower - 1e-12).all()) and bool((y <= b.upper + 1e-12).all())
+    found_lo, found_hi = pgd_output_range(model, x - eps, x + eps, steps=40, restarts=2, seed=seed)
+    assert bool((found_lo >= b.lower - 1e-12).all()) and bool((found_hi <= b.upper + 1e-12).all())
+
+
+def test_tighter_than_crown_ibp_and_forward_on_a_random_cnn():
+    """On a random-init CNN CROWN's own intervals beat IBP's by far, so its output is tighter
+    than CROWN-IBP's, and than CROWN's forward mode (on average; not guaranteed per output)."""
+    torch.manual_seed(0)
+    model = models.small_cnn(in_dim=12).double()
+    x = torch.rand(2, 1, 12, 12, dtype=torch.float64)
+    with torch.no_grad():
+        full = bounds(model, x, 0.02, method="crown")
+        cibp = bounds(model, x, 0.02, method="crown-ibp")
+        fwd = bounds(model, x, 0.02, method="crown-forward")
+    assert float(full.width.mean()) < 0.5 * float(cibp.width.mean())
+    assert float(full.width.mean()) < float(fwd.width.mean())
+
+
+@pytest.mark.parametrize("images", [1, 7, None])
+def test_row_groups_and_chunks_agree(images, monkeypatch):
+    model = CASES[1][1]()
+    x = torch.rand(5, 2, 7, 7, dtype=torch.float64)
+    C = margin_spec(torch.tensor([0, 1, 2, 3, 0]), 4, dtype=torch.float64)
+    whole, layers = bounds(model, x, 0.05, method="crown", spec=C, return_layers=True)
+    real = crown_full.crown_layers
+    if images is not None:  # a few images per transposed convolution: many row groups
+        monkeypatch.setattr(crown_full, "BACKWARD_IMAGES", images)
+    part, part_layers = bounds(model, x, 0.05, method="crown", spec=C, return_layers=True,
+                               chunk_size=2 if images is None else None)
+    assert crown_full.crown_layers is real
+    for a, c in zip(part_layers + [part], layers + [whole]):
+        torch.testing.assert_close(a.lower, c.lower, rtol=0, atol=1e-13)
+        torch.testing.assert_close(a.upper, c.upper, rtol=0, atol=1e-13)
+
+
+def test_neuron_groups_cover_each_neuron_once():
+    """The dense-net group rule, with a budget of a few rows: each neuron's bound is computed once
+    and in its place (a group that skipped or repeated a neuron would misplace the rest)."""
+    model = CASES[0][1]()
+    x = torch.rand(3, 12, dtype=torch.float64)
+    net = parse_model(model, (12,), x)
+    ref = crown_full_ref(model, x, 0.05)
+    for numel in (1, 3 * 2 * 3 * 12, 1 << 24):
+        crown_full.DENSE_GROUP_NUMEL, old = numel, crown_full.DENSE_GROUP_NUMEL
+        try:
+            g = crown_full.neuron_group(net, 3, 1)
+            layers = crown_full.crown_layers(net, x, torch.full_like(x, 0.05))
+        finally:
+            crown_full.DENSE_GROUP_NUMEL = old
+        assert g == max(1, min(net.stages[1][-1].out_shape[0], numel // (2 * 3 * 16)))
+        for (lo, up), (rl, ru) in zip(layers, ref):
+            torch.testing.assert_close(lo.flatten(1), rl)
+            torch.testing.assert_close(up.flatten(1), ru)
+
+
+def test_gradcheck_in_x_eps_and_weights():
+    """Differentiable end to end, through every layer's CROWN interval (the relaxation's slopes
+    and offsets depend on them); away from the relaxation's kinks the map is smooth."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3), nn.ReLU(),
+                          nn.Linear(3, 2)).double()
+    convs = [model[0], model[3]]  # the first layer and a hidden one
+    ws = [m.weight.detach().clone().requires_grad_(True) for m in convs]
+    x = torch.rand(2, 1, 4, 4, dtype=torch.float64, requires_grad=True)
+    eps = torch.full((2, 1, 4, 4), 0.3, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, eps, *weights):
+        for m, w in zip(convs, weights):
+            del m.weight
+            m.weight = w  # a plain tensor: gradients flow to the gradcheck inputs
+        b = bounds(model, x, eps, method="crown")
+        return b.lower, b.upper
+
+    assert torch.autograd.gradcheck(fn, (x, eps, *ws))
+    # the hidden interval really is CROWN's own (else this checks CROWN-IBP's gradients again),
+    # and both ReLUs have unstable neurons, whose relaxation carries the intervals' gradients on
+    with torch.no_grad():
+        _, layers = bounds(model, x, eps, method="crown", return_layers=True)
+        _, ibp_layers = bounds(model, x, eps, method="ibp", return_layers=True)
+    assert float((ibp_layers[1].width - layers[1].width).max()) > 1e-3
+    assert all(bool(((b.lower < 0) & (b.upper > 0)).any()) for b in layers)
+
+
+def test_empty_batch_no_rows_and_an_affine_net():
+    model = CASES[0][1]()
+    x = torch.rand(3, 12, dtype=torch.float64)
+    assert bounds(model, x[:0], 0.05, method="crown").lower.shape == (0, 5)
+    assert bounds(model, x, 0.05, method="crown", spec=torch.zeros(0, 5, dtype=torch.float64)).lower.shape == (3, 0)
+    with pytest.raises(ValueError, match="apply to method='etb' only"):
+        bounds(model, x, 0.05, method="crown", mask="ibp")
+    affine = nn.Sequential(nn.Linear(6, 4), nn.Linear(4, 3)).double()
+    xa = torch.randn(5, 6, dtype=torch.float64)
+    W = affine[1].weight @ affine[0].weight
+    b = bounds(affine, xa, 0.3, method="crown")
+    torch.testing.assert_close(b.lower, affine(xa) - 0.3 * W.abs().sum(1))
+    torch.testing.assert_close(b.upper, affine(xa) + 0.3 * W.abs().sum(1))
+
+
+@pytest.mark.parametrize("layers,shape", [
+    # stride, padding (windows cut at the border), dilation, groups, AvgPool, BatchNorm, a Normalize-like scale
+    ([nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=2, dilation=2,
+      groups=2), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(4, 3, 2), nn.ReLU(), nn.Flatten(), nn.Linear(6, 2)], (2, 2, 11, 9)),
+    # a 1x1 conv with padding 2: its border neurons see only padding (their rows end at once)
+    ([nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 3, 1, padding=2), nn.ReLU(), nn.Conv2d(3, 2, 3, stride=3), nn.ReLU(),
+      nn.Flatten(), nn.Linear(18, 3)], (3, 1, 7, 8)),
+])
+def test_windows_equal_dense_rows(layers, shape, monkeypatch):
+    torch.manual_seed(3)
+    model = nn.Sequential(*layers).double().eval()
+    for m in model:
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2)
+    x = torch.rand(shape, dtype=torch.float64)
+    calls = []
+    real = crown_full.crown_windows.crown_neurons_windowed
+    monkeypatch.setattr(crown_full.crown_windows, "crown_neurons_windowed",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(crown_full.crown_windows, "WINDOW_CALL_NUMEL", 64)  # a few channels per call
+    b, layers_w = bounds(model, x, 0.1, method="crown", return_layers=True)
+    assert len(calls) == 2  # both hidden conv stages went through windows
+    monkeypatch.setattr(crown_full.crown_windows, "ENABLED", False)
+    d, layers_d = bounds(model, x, 0.1, method="crown", return_layers=True)
+    for a, c in zip(layers_w + [b], layers_d + [d]):
+        torch.testing.assert_close(a.lower, c.lower, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(a.upper, c.upper, rtol=1e-12, atol=1e-12)
+    ref = crown_full_ref(model, x, 0.1)
+    for a, (lo, up) in zip(layers_w + [b], ref):
+        torch.testing.assert_close(a.lower.flatten(1), lo)
+        torch.testing.assert_close(a.upper.flatten(1), up)
