@@ -81,7 +81,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="in_features"):
         bounds(model, torch.rand(2, 4), 0.1)
     with pytest.raises(ValueError, match="method"):
-        bounds(model, x, 0.1, method="crown")
+        bounds(model, x, 0.1, method="lirpa")
     with pytest.raises(ValueError, match="mask"):
         bounds(model, x, 0.1, mask="foo")
     with pytest.raises(ValueError, match="center_at"):
