@@ -179,7 +179,10 @@ def test_empty_batch_no_rows_and_an_affine_net():
     ([nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 3, 1, padding=2), nn.ReLU(), nn.Conv2d(3, 2, 3, stride=3), nn.ReLU(),
       nn.Flatten(), nn.Linear(18, 3)], (3, 1, 7, 8)),
 ])
-def test_windows_equal_dense_rows(layers, shape, monkeypatch):
+@pytest.mark.parametrize("budget", [64, 2000, 10000, None])
+def test_windows_equal_dense_rows(layers, shape, budget, monkeypatch):
+    """Rows on windows equal dense rows: one position and channel per call (64), blocks of a few
+    positions (10000: several blocks per stage), in between (2000), everything at once (default)."""
     torch.manual_seed(3)
     model = nn.Sequential(*layers).double().eval()
     for m in model:
@@ -187,13 +190,21 @@ def test_windows_equal_dense_rows(layers, shape, monkeypatch):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2)
     x = torch.rand(shape, dtype=torch.float64)
-    calls = []
-    real = crown_full.crown_windows.crown_neurons_windowed
-    monkeypatch.setattr(crown_full.crown_windows, "crown_neurons_windowed",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(crown_full.crown_windows, "WINDOW_CALL_NUMEL", 64)  # a few channels per call
+    cw = crown_full.crown_windows
+    calls, shapes = [], []
+    real, real_ub = cw.crown_neurons_windowed, cw.upper_bounds_windows
+    monkeypatch.setattr(cw, "crown_neurons_windowed", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(cw, "upper_bounds_windows",
+                        lambda net, lam, *a: shapes.append((lam.shape[1], lam.shape[2], lam.shape[-1])) or
+                        real_ub(net, lam, *a))
+    if budget is not None:
+        monkeypatch.setattr(cw, "WINDOW_CALL_NUMEL", budget)
     b, layers_w = bounds(model, x, 0.1, method="crown", return_layers=True)
     assert len(calls) == 2  # both hidden conv stages went through windows
+    if budget == 64:
+        assert all(pb == 1 and rows == 2 for pb, rows, _ in shapes)
+    elif budget == 10000:  # blocks of several positions, all channels, several blocks per stage
+        assert any(pb > 1 for pb, _, _ in shapes) and len(shapes) > 2 and all(rows == 2 * C for _, rows, C in shapes)
     monkeypatch.setattr(crown_full.crown_windows, "ENABLED", False)
     d, layers_d = bounds(model, x, 0.1, method="crown", return_layers=True)
     for a, c in zip(layers_w + [b], layers_d + [d]):

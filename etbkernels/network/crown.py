@@ -41,6 +41,14 @@ def relu_relaxation(lower: Tensor, upper: Tensor) -> Tuple[Tensor, Tensor, Tenso
     return a_l, a_u, c_u
 
 
+def signed_unit_rows(start: int, rows: int, size: int, dtype, device) -> Tensor:
+    """(2 rows, size): the unit rows ``e_start .. e_(start + rows - 1)``, then their negatives
+    (pulled back, their upper bounds are the neurons' upper bounds and minus their lower ones)."""
+    eye = torch.zeros(rows, size, dtype=dtype, device=device)
+    eye[torch.arange(rows), torch.arange(start, start + rows)] = 1
+    return torch.cat([eye, -eye])
+
+
 def stage_offset(stage, dtype, device) -> Tensor:
     """The affine stage at zero, ``A_k(0)`` (per-sample shape): the bias it adds, whatever its ops."""
     z = torch.zeros((1,) + tuple(stage[0].in_shape), dtype=dtype, device=device)

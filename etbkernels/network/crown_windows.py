@@ -3,92 +3,134 @@
 The row ``e_i`` of neuron (c, y, x) of a conv layer is nonzero, after the pull-back through the
 layers before it, only on that neuron's receptive field: a few positions of each earlier grid.
 Pulling the rows back as whole images (:func:`.crown.upper_bounds`) costs a full transposed
-convolution per row, almost all of it on zeros. Here the rows of one output position (all or some
-of its channels) are kept on the window they can be nonzero on:
+convolution per row, almost all of it on zeros. Here each row is kept on the window it can be
+nonzero on:
 
     a transposed convolution (stride s, padding p, dilation d, kernel k) maps a window
-    [y0, y0 + h) of its output grid onto [y0 s - p, (y0 + h - 1) s - p + d (k - 1) + 1) of its
-    input grid, cut to the grid (the rest falls on the zero padding, which has no neuron);
+    [y0, y0 + h) of its output grid onto [y0 s - p, y0 s - p + (h - 1) s + d (k - 1) + 1) of its
+    input grid;
 
-and each ReLU's relaxation, each stage's bias and finally the box's centre and radius are read on
-the same window. The values are exactly those of the dense pull-back. Used when every op before
-the layer maps windows to windows (Conv2d, AvgPool2d, per-channel affine maps).
+the part of a window outside the grid falls on the zero padding, which has no neuron: it is
+zeroed after every op. Every output position's window has the same size on every grid, only its
+corner differs, so a block of positions goes through each op together (one small matmul per
+kernel tap on window-local coordinates), and each ReLU's relaxation, each stage's bias and finally
+the box's centre and radius are gathered on every position's own window. The values are exactly
+those of the dense pull-back. Used when every op before the layer maps windows to windows
+(Conv2d, AvgPool2d, per-channel affine maps).
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+import math
+from typing import List, Tuple
 
 import torch
 from torch import Tensor
 
 from .._progress import progress
+from .crown import signed_unit_rows
 from .layers import AvgPoolOp, ChannelAffineOp, ConvOp
 from .parse import Network
 from .patches import _tap_matmul
 
 #: False: dense rows everywhere (for the A/B benchmark bench/crown_full.py).
 ENABLED = True
-#: Numbers in the largest tensor of one call (samples x rows x window), about a last-level cache.
+#: Numbers in the largest tensor of one call (samples x positions x rows x window), about a
+#: last-level cache.
 WINDOW_CALL_NUMEL = 1 << 22
 #: A progress bar is shown (on a terminal) past this many calls.
 PROGRESS_CALLS = 200
-
-Window = Tuple[int, int]  # the window's first row and column in the current grid
 
 
 def applies(net: Network) -> bool:
     """Whether every op of ``net`` maps windows to windows and its output is a (C, H, W) grid."""
     return ENABLED and len(net.out_shape) == 3 and all(isinstance(op, (ConvOp, AvgPoolOp, ChannelAffineOp))
-                                           for st in net.stages for op in st)
+                                                       for st in net.stages for op in st)
+
+
+def _conv_of(op):
+    return op._conv if isinstance(op, AvgPoolOp) else op
 
 
 def _grow(op, shape: Tuple[int, int]) -> Tuple[int, int]:
-    """The window size on ``op``'s input grid of a window of ``shape`` on its output grid (uncut)."""
+    """The window size on ``op``'s input grid of a window of ``shape`` on its output grid."""
     if isinstance(op, ChannelAffineOp):
         return shape
-    conv = op._conv if isinstance(op, AvgPoolOp) else op
+    conv = _conv_of(op)
     k = conv.weight.shape[2:]
     return tuple((shape[d] - 1) * conv.stride[d] + conv.dilation[d] * (k[d] - 1) + 1 for d in range(2))
 
 
 def largest_window(net: Network) -> int:
     """Numbers per row of the largest window a pull-back from one output position holds."""
-    size, C = (1, 1), net.out_shape[0]
-    best = C
+    size, best = (1, 1), net.out_shape[0]
     for st in reversed(net.stages):
         for op in reversed(st):
             size = _grow(op, size)
-            best = max(best, op.in_shape[0] * min(size[0], op.in_shape[1]) * min(size[1], op.in_shape[2]))
+            best = max(best, op.in_shape[0] * size[0] * size[1])
     return best
 
 
-def transpose_window(op, lam: Tensor, at: Window) -> Tuple[Tensor, Window]:
-    """``op``'s transpose of rows ``lam`` (B, h, w, C_out) (channels last) that sit at ``at`` on
-    its output grid: (rows (B, h', w', C_in) on the input grid, their window's corner), cut to the
-    input grid. One small matmul per kernel tap: oneDNN's transposed convolution is several times
-    slower on these tiny images, most of all with one output channel."""
+class _Windows:
+    """The corners (Pb,) x 2 of a block of positions' windows on the current grid, and their size."""
+
+    def __init__(self, ys: Tensor, xs: Tensor):
+        self.y0, self.x0, self.size = ys, xs, (1, 1)
+
+    def through(self, op) -> None:
+        """Moves the windows to ``op``'s input grid."""
+        if isinstance(op, ChannelAffineOp):
+            return
+        conv = _conv_of(op)
+        self.size = _grow(op, self.size)
+        self.y0 = self.y0 * conv.stride[0] - conv.padding[0]
+        self.x0 = self.x0 * conv.stride[1] - conv.padding[1]
+
+    def _index(self, H: int, W: int):
+        iy = self.y0[:, None] + torch.arange(self.size[0], device=self.y0.device)  # (Pb, h)
+        ix = self.x0[:, None] + torch.arange(self.size[1], device=self.x0.device)
+        return iy, ix
+
+    def all_inside(self, H: int, W: int) -> bool:
+        """Whether every window lies on the H x W grid."""
+        return bool(self.y0.min() >= 0) and bool(self.x0.min() >= 0) and \
+            bool(self.y0.max() + self.size[0] <= H) and bool(self.x0.max() + self.size[1] <= W)
+
+    def inside(self, H: int, W: int, dtype) -> Tensor:
+        """(Pb, h, w, 1): 1 where a window entry lies on the H x W grid, 0 on the padding."""
+        iy, ix = self._index(H, W)
+        vy, vx = (iy >= 0) & (iy < H), (ix >= 0) & (ix < W)
+        return (vy[:, :, None] & vx[:, None, :]).to(dtype).unsqueeze(-1)
+
+    def gather(self, t: Tensor) -> Tensor:
+        """``t`` (..., H, W, C) read on every window: (..., Pb, h, w, C); entries off the grid hold
+        an edge value (the rows are zero there)."""
+        H, W = t.shape[-3:-1]
+        iy, ix = self._index(H, W)
+        iy, ix = iy.clamp(0, H - 1), ix.clamp(0, W - 1)
+        return t[..., iy[:, :, None], ix[:, None, :], :]
+
+
+def _transpose(op, lam: Tensor, win: _Windows) -> Tensor:
+    """``op``'s transpose of rows ``lam`` (B, Pb, R, h, w, C_out) on the windows ``win`` (moved to
+    the input grid here): (B, Pb, R, h', w', C_in), zero off the input grid."""
     if isinstance(op, ChannelAffineOp):
-        return lam * op.scale.flatten(), at
-    conv = op._conv if isinstance(op, AvgPoolOp) else op
-    B, h, w, Co = lam.shape
+        return lam * op.scale.flatten()
+    conv = _conv_of(op)
+    lead, (h, w, Co) = lam.shape[:3], lam.shape[3:]
     kh, kw = conv.weight.shape[2:]
     (s0, s1), (d0, d1) = conv.stride, conv.dilation
     Ci = conv.weight.shape[1] * conv.groups
-    x = lam.reshape(B * h * w, Co)
-    out = lam.new_zeros(B, (h - 1) * s0 + d0 * (kh - 1) + 1, (w - 1) * s1 + d1 * (kw - 1) + 1, Ci)
+    win.through(op)
+    x = lam.reshape(-1, Co)
+    out = lam.new_zeros((math.prod(lead),) + win.size + (Ci,))
     for a in range(kh):
         for e in range(kw):
-            tap = _tap_matmul(x, conv.weight[:, :, a, e], conv.groups, transpose=True).reshape(B, h, w, Ci)
+            tap = _tap_matmul(x, conv.weight[:, :, a, e], conv.groups, transpose=True).reshape(-1, h, w, Ci)
             out[:, a * d0: a * d0 + s0 * (h - 1) + 1: s0, e * d1: e * d1 + s1 * (w - 1) + 1: s1] += tap
-    y0, x0 = at[0] * s0 - conv.padding[0], at[1] * s1 - conv.padding[1]
-    H, W = op.in_shape[1:]
-    out = out[:, max(0, -y0): H - y0, max(0, -x0): W - x0]
-    return out, (max(y0, 0), max(x0, 0))
-
-
-def _window(t: Tensor, at: Window, hw: Sequence[int]) -> Tensor:
-    """``t`` (..., H, W, C) read on the window at ``at`` of size ``hw``."""
-    return t[..., at[0]: at[0] + hw[0], at[1]: at[1] + hw[1], :]
+    out = out.reshape(lead + win.size + (Ci,))
+    if win.all_inside(*op.in_shape[1:]):
+        return out
+    return out * win.inside(*op.in_shape[1:], lam.dtype).unsqueeze(1)
 
 
 def _last(t: Tensor) -> Tensor:
@@ -96,47 +138,49 @@ def _last(t: Tensor) -> Tensor:
     return t.movedim(-3, -1)
 
 
-def upper_bounds_window(net: Network, lam: Tensor, at: Window, relax, offsets: List[Tensor],
-                        mu: Tensor, r: Tensor) -> Tensor:
-    """Upper bounds (N, R) of rows ``lam`` (N, R, h, w, C) (channels last) of the network's output
-    that sit at ``at`` on its grid; ``relax`` and ``offsets`` as in :func:`.crown.upper_bounds`."""
-    N, R = lam.shape[:2]
-    bias = lam.new_zeros(N, R)
+def upper_bounds_windows(net: Network, lam: Tensor, win: _Windows, relax, offsets: List[Tensor],
+                         mu: Tensor, r: Tensor) -> Tensor:
+    """Upper bounds (N, Pb, R) of rows ``lam`` (N, Pb, R, 1, 1, C) (channels last) of the network's
+    output, one block of positions ``win``; ``relax`` and ``offsets`` as in :func:`.crown.upper_bounds`."""
+    N, Pb, R = lam.shape[:3]
+    bias = lam.new_zeros(N, Pb, R)
     for k in range(len(net.stages) - 1, -1, -1):
-        bias = bias + torch.einsum("nrhwc,hwc->nr", lam, _window(_last(offsets[k]), at, lam.shape[2:4]))
+        bias = bias + torch.einsum("nprhwc,phwc->npr", lam, win.gather(_last(offsets[k])))
         for op in reversed(net.stages[k]):
-            lam4, at = transpose_window(op, lam.reshape((N * R,) + lam.shape[2:]), at)
-            lam = lam4.reshape((N, R) + lam4.shape[1:])
-            if lam.numel() == 0 and N * R:  # the window fell on padding only: the rows end here
-                return bias
+            lam = _transpose(op, lam, win)
         if k > 0:
-            a_l, d, c_u = (_window(_last(t), at, lam.shape[2:4]).unsqueeze(1) for t in relax[k - 1])
+            a_l, d, c_u = (win.gather(_last(t)).unsqueeze(2) for t in relax[k - 1])
             pos = lam.clamp(min=0)
-            bias = bias + (pos * c_u).sum((2, 3, 4))
+            bias = bias + (pos * c_u).sum((3, 4, 5))
             lam = torch.addcmul(lam * a_l, pos, d)  # pos a_u + neg a_l
-    mu_w, r_w = (_window(_last(t), at, lam.shape[2:4]) for t in (mu, r))
-    return torch.einsum("nrhwc,nhwc->nr", lam, mu_w) + torch.einsum("nrhwc,nhwc->nr", lam.abs(), r_w) + bias
+    mu_w, r_w = win.gather(_last(mu)), win.gather(_last(r))
+    return torch.einsum("nprhwc,nphwc->npr", lam, mu_w) + torch.einsum("nprhwc,nphwc->npr", lam.abs(), r_w) + bias
 
 
 def crown_neurons_windowed(net: Network, mu: Tensor, r: Tensor, relax, offsets: List[Tensor],
                            desc: str = "CROWN") -> Tuple[Tensor, Tensor]:
     """Backward CROWN (lower, upper) of every neuron of ``net``'s (C, H, W) output, each
-    (N, C, H, W): per output position, a group of channels at a time (:data:`WINDOW_CALL_NUMEL`)."""
+    (N, C, H, W): blocks of output positions and groups of channels of about
+    :data:`WINDOW_CALL_NUMEL` numbers per call."""
     N = mu.shape[0]
     C, H, W = net.out_shape
-    per_channel = max(1, 2 * N * largest_window(net))
-    g = max(1, min(C, WINDOW_CALL_NUMEL // per_channel))
-    calls = [(y, x, c0) for y in range(H) for x in range(W) for c0 in range(0, C, g)]
+    per_row = max(1, 2 * N * largest_window(net))
+    g = max(1, min(C, WINDOW_CALL_NUMEL // per_row))
+    Pb = max(1, min(H * W, WINDOW_CALL_NUMEL // (per_row * g)))
+    pos = torch.arange(H * W, device=mu.device)
+    calls = [(p0, c0) for p0 in range(0, H * W, Pb) for c0 in range(0, C, g)]
     lowers, uppers = [], []
-    for y, x, c0 in progress(calls, desc=desc, unit="call", leave=False, disable=len(calls) <= PROGRESS_CALLS or None):
-        rows = min(g, C - c0)
-        eye = torch.zeros(rows, 1, 1, C, dtype=mu.dtype, device=mu.device)
-        eye[torch.arange(rows), 0, 0, torch.arange(c0, c0 + rows)] = 1
-        lam = torch.cat([eye, -eye]).unsqueeze(0).expand(N, 2 * rows, 1, 1, C)
-        up = upper_bounds_window(net, lam, (y, x), relax, offsets, mu, r)
-        uppers.append(up[:, :rows])
-        lowers.append(-up[:, rows:])
-    # calls run position-major, channels inside: reassemble (N, H, W, C) then move channels in
-    lower = torch.cat(lowers, 1).reshape(N, H, W, C).permute(0, 3, 1, 2)
-    upper = torch.cat(uppers, 1).reshape(N, H, W, C).permute(0, 3, 1, 2)
-    return lower, upper
+    for p0, c0 in progress(calls, desc=desc, unit="call", leave=False, disable=len(calls) <= PROGRESS_CALLS or None):
+        block, rows = pos[p0:p0 + Pb], min(g, C - c0)
+        lam = signed_unit_rows(c0, rows, C, mu.dtype, mu.device).reshape(1, 1, 2 * rows, 1, 1, C)
+        lam = lam.expand(N, len(block), 2 * rows, 1, 1, C)
+        up = upper_bounds_windows(net, lam, _Windows(block // W, block % W), relax, offsets, mu, r)
+        uppers.append(up[:, :, :rows])
+        lowers.append(-up[:, :, rows:])
+    # calls run block-major, channel groups inside: (N, positions, C), then the layer layout
+    groups = -(-C // g)
+
+    def assemble(parts):
+        blocks = [torch.cat(parts[i:i + groups], 2) for i in range(0, len(parts), groups)]
+        return torch.cat(blocks, 1).reshape(N, H, W, C).permute(0, 3, 1, 2)
+    return assemble(lowers), assemble(uppers)
