@@ -16,15 +16,22 @@ from test_network_reference import CASES
 torch.manual_seed(7)
 
 
-@pytest.mark.parametrize("name,make,shape", CASES)
-@pytest.mark.parametrize("spec_kind", [None, "shared", "margin"])
-def test_equals_dense_reference(name, make, shape, spec_kind):
+def dense_reference_case(make, shape, spec_kind):
+    """(model, x, eps, spec) for a comparison with a dense reference: float64 inputs in [0, 1), a
+    different radius per input, and no spec, a shared (3, out) one or margins."""
     model = make()
     x = torch.rand(shape, dtype=torch.float64)
-    eps = torch.rand(shape[1:], dtype=torch.float64) * 0.08  # a different radius per input
+    eps = torch.rand(shape[1:], dtype=torch.float64) * 0.08
     out = model(x).shape[1]
     spec = None if spec_kind is None else torch.randn(3, out, dtype=torch.float64) if spec_kind == "shared" \
         else margin_spec(torch.randint(0, out, (shape[0],)), out, dtype=torch.float64)
+    return model, x, eps, spec
+
+
+@pytest.mark.parametrize("name,make,shape", CASES)
+@pytest.mark.parametrize("spec_kind", [None, "shared", "margin"])
+def test_equals_dense_reference(name, make, shape, spec_kind):
+    model, x, eps, spec = dense_reference_case(make, shape, spec_kind)
     lo_ref, up_ref = crown_ibp_ref(model, x, eps, spec)
     b = bounds(model, x, eps, method="crown-ibp", spec=spec)
     torch.testing.assert_close(b.lower, lo_ref)
@@ -39,12 +46,7 @@ def test_equals_dense_reference(name, make, shape, spec_kind):
 def test_forward_mode_equals_dense_reference(name, make, shape, spec_kind):
     """Every layer equals the forward reference; the output is the tighter of it and the backward
     reference run on those hidden bounds."""
-    model = make()
-    x = torch.rand(shape, dtype=torch.float64)
-    eps = torch.rand(shape[1:], dtype=torch.float64) * 0.08
-    out = model(x).shape[1]
-    spec = None if spec_kind is None else torch.randn(3, out, dtype=torch.float64) if spec_kind == "shared" \
-        else margin_spec(torch.randint(0, out, (shape[0],)), out, dtype=torch.float64)
+    model, x, eps, spec = dense_reference_case(make, shape, spec_kind)
     ref = crown_forward_ref(model, x, eps, spec)
     b, layers = bounds(model, x, eps, method="crown-forward", spec=spec, return_layers=True)
     assert len(layers) == len(ref) - 1
@@ -61,14 +63,16 @@ def test_forward_mode_equals_dense_reference(name, make, shape, spec_kind):
                for a, c in zip(layers[1:], ibp_layers[1:]))
 
 
+@pytest.mark.parametrize("method", ["crown-forward", "crown"])
 @pytest.mark.parametrize("seed", range(2))
-def test_forward_mode_sound_at_every_layer(seed):
+def test_sound_at_every_layer(seed, method):
+    """The two methods with their own hidden intervals: each ReLU's input lies in its bounds."""
     torch.manual_seed(seed)
-    model = CASES[2][1]()  # patches form through every conv
+    model = CASES[2][1]()  # patches form (forward mode) / windows (full CROWN) through every conv
     x = torch.rand(2, 1, 14, 14, dtype=torch.float64)
     eps = 0.08
     with torch.no_grad():
-        b, layers = bounds(model, x, eps, method="crown-forward", return_layers=True)
+        b, layers = bounds(model, x, eps, method=method, return_layers=True)
         u = torch.rand((300,) + x.shape, dtype=torch.float64) * 2 - 1
         u[:150] = u[:150].sign()
         z, k = (x + eps * u).reshape((-1,) + x.shape[1:]), 0
@@ -129,8 +133,9 @@ def test_sound_on_samples_vertices_and_pgd(seed):
 
 
 def test_tighter_than_ibp_on_the_zoo():
-    """On random-init CNNs IBP's width grows with depth much faster than CROWN-IBP's, and CROWN's
-    forward mode tightens the hidden layers too (on average; not guaranteed per output)."""
+    """On random-init CNNs IBP's width grows with depth much faster than CROWN-IBP's, CROWN's
+    forward mode tightens the hidden layers too, and full CROWN's own hidden intervals more (on
+    average; not guaranteed per output)."""
     torch.manual_seed(0)
     model = models.small_cnn().double()
     x = torch.rand(2, 1, 28, 28, dtype=torch.float64)
@@ -138,8 +143,10 @@ def test_tighter_than_ibp_on_the_zoo():
         ibp = bounds(model, x, 0.01, method="ibp")
         crown = bounds(model, x, 0.01, method="crown-ibp")
         fwd = bounds(model, x, 0.01, method="crown-forward")
+        full = bounds(model, x, 0.01, method="crown")
     assert float(crown.width.mean()) < 0.5 * float(ibp.width.mean())
     assert float(fwd.width.mean()) < 0.5 * float(crown.width.mean())
+    assert float(full.width.mean()) < 0.9 * float(fwd.width.mean())
 
 
 @pytest.mark.parametrize("method", ["crown-ibp", "crown-forward", "crown"])

@@ -1,15 +1,15 @@
 """Full CROWN, ``bounds(..., method="crown")``: every layer equals a dense per-sample reference,
-is sound at every ReLU and at the output (sampled points, vertices, PGD), is tighter than
-CROWN-IBP where its own intervals are, and is differentiable."""
+rows on windows equal dense rows, and it is differentiable (soundness at every layer and
+tightness against the other methods: tests/test_network_crown.py)."""
 import pytest
 import torch
 from torch import nn
 
-from etbkernels.attacks import pgd_output_range
-from etbkernels.network import bounds, margin_spec, models
+from etbkernels.network import bounds, margin_spec
 from etbkernels.network import crown_full
 from etbkernels.network.parse import parse_model
 from network_ref import crown_full_ref, modules
+from test_network_crown import dense_reference_case
 from test_network_reference import CASES
 
 torch.manual_seed(11)
@@ -18,12 +18,7 @@ torch.manual_seed(11)
 @pytest.mark.parametrize("name,make,shape", CASES)
 @pytest.mark.parametrize("spec_kind", [None, "shared", "margin"])
 def test_every_layer_equals_dense_reference(name, make, shape, spec_kind):
-    model = make()
-    x = torch.rand(shape, dtype=torch.float64)
-    eps = torch.rand(shape[1:], dtype=torch.float64) * 0.08  # a different radius per input
-    out = model(x).shape[1]
-    spec = None if spec_kind is None else torch.randn(3, out, dtype=torch.float64) if spec_kind == "shared" \
-        else margin_spec(torch.randint(0, out, (shape[0],)), out, dtype=torch.float64)
+    model, x, eps, spec = dense_reference_case(make, shape, spec_kind)
     ref = crown_full_ref(model, x, eps, spec)
     b, layers = bounds(model, x, eps, method="crown", spec=spec, return_layers=True)
     assert len(layers) == len(ref) - 1
@@ -51,44 +46,6 @@ def test_first_stage_conv_then_avgpool_is_exact():
     torch.testing.assert_close(layers[0].lower.flatten(1), c - r)
     torch.testing.assert_close(layers[0].upper.flatten(1), c + r)
     assert float((ibp_layers[0].width - layers[0].width).detach().max()) > 1e-3
-
-
-@pytest.mark.parametrize("seed", range(2))
-def test_sound_at_every_layer(seed):
-    torch.manual_seed(seed)
-    model = CASES[2][1]()
-    x = torch.rand(2, 1, 14, 14, dtype=torch.float64)
-    eps = 0.08
-    with torch.no_grad():
-        b, layers = bounds(model, x, eps, method="crown", return_layers=True)
-        u = torch.rand((300,) + x.shape, dtype=torch.float64) * 2 - 1
-        u[:150] = u[:150].sign()  # vertices
-        z, k = (x + eps * u).reshape((-1,) + x.shape[1:]), 0
-        for m in modules(model):  # each ReLU's input lies in its bounds
-            if isinstance(m, nn.ReLU):
-                zz = z.reshape((300,) + layers[k].lower.shape)
-                assert bool((zz >= layers[k].lower - 1e-12).all()) and bool((zz <= layers[k].upper + 1e-12).all())
-                k += 1
-            z = m(z)
-        assert k == len(layers)
-        y = z.reshape(300, 2, -1)
-        assert bool((y >= b.lower - 1e-12).all()) and bool((y <= b.upper + 1e-12).all())
-    found_lo, found_hi = pgd_output_range(model, x - eps, x + eps, steps=40, restarts=2, seed=seed)
-    assert bool((found_lo >= b.lower - 1e-12).all()) and bool((found_hi <= b.upper + 1e-12).all())
-
-
-def test_tighter_than_crown_ibp_and_forward_on_a_random_cnn():
-    """On a random-init CNN CROWN's own intervals beat IBP's by far, so its output is tighter
-    than CROWN-IBP's, and than CROWN's forward mode (on average; not guaranteed per output)."""
-    torch.manual_seed(0)
-    model = models.small_cnn(in_dim=12).double()
-    x = torch.rand(2, 1, 12, 12, dtype=torch.float64)
-    with torch.no_grad():
-        full = bounds(model, x, 0.02, method="crown")
-        cibp = bounds(model, x, 0.02, method="crown-ibp")
-        fwd = bounds(model, x, 0.02, method="crown-forward")
-    assert float(full.width.mean()) < 0.5 * float(cibp.width.mean())
-    assert float(full.width.mean()) < float(fwd.width.mean())
 
 
 @pytest.mark.parametrize("images", [1, 7, None])
