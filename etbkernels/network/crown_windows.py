@@ -85,7 +85,8 @@ class _Windows:
         self.y0 = self.y0 * conv.stride[0] - conv.padding[0]
         self.x0 = self.x0 * conv.stride[1] - conv.padding[1]
 
-    def _index(self, H: int, W: int):
+    def _index(self):
+        """Grid rows (Pb, h) and columns (Pb, w) of every window entry (off the grid included)."""
         iy = self.y0[:, None] + torch.arange(self.size[0], device=self.y0.device)  # (Pb, h)
         ix = self.x0[:, None] + torch.arange(self.size[1], device=self.x0.device)
         return iy, ix
@@ -97,7 +98,7 @@ class _Windows:
 
     def inside(self, H: int, W: int, dtype) -> Tensor:
         """(Pb, h, w, 1): 1 where a window entry lies on the H x W grid, 0 on the padding."""
-        iy, ix = self._index(H, W)
+        iy, ix = self._index()
         vy, vx = (iy >= 0) & (iy < H), (ix >= 0) & (ix < W)
         return (vy[:, :, None] & vx[:, None, :]).to(dtype).unsqueeze(-1)
 
@@ -105,7 +106,7 @@ class _Windows:
         """``t`` (..., H, W, C) read on every window: (..., Pb, h, w, C); entries off the grid hold
         an edge value (the rows are zero there)."""
         H, W = t.shape[-3:-1]
-        iy, ix = self._index(H, W)
+        iy, ix = self._index()
         iy, ix = iy.clamp(0, H - 1), ix.clamp(0, W - 1)
         return t[..., iy[:, :, None], ix[:, None, :], :]
 
