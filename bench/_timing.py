@@ -4,6 +4,7 @@ peak extra resident memory measured in a fresh subprocess, and writing a result 
 (``.json`` data, ``.md`` table)."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -11,6 +12,17 @@ import subprocess
 import sys
 import time
 from typing import Callable, Dict
+
+
+def network_bench_args(doc: str, name: str, repeats: int, argv=None) -> argparse.Namespace:
+    """The arguments the network benchmarks share: --batch, --repeats, --models (small, medium)
+    and --out (default bench/results/``name``)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--models", nargs="+", default=["small", "medium"], choices=["small", "medium"])
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", name))
+    return ap.parse_args(argv)
 
 
 def write_results(out: str, data, lines) -> None:

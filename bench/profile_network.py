@@ -16,7 +16,6 @@ Medians over --repeats calls after a warm-up. Writes bench/results/profile_netwo
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -62,14 +61,11 @@ def _median_split(call, acc: dict, repeats: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--models", nargs="+", default=["small", "medium"], choices=["small", "medium"])
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "profile_network"))
-    args = ap.parse_args(argv)
     sys.path.insert(0, HERE)
+    from _timing import network_bench_args
     from bench_network import per_logit_autograd  # the baseline the docs compare with
+
+    args = network_bench_args(__doc__, "profile_network", 5, argv)
 
     acc: dict = {}
     originals = [(patches, n, _timed(patches, n, acc)) for n in PATCH_STAGES]

@@ -22,7 +22,6 @@ Writes bench/results/roofline_network.{json,md}.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -134,19 +133,14 @@ def markdown(rows, repeats: int) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--models", nargs="+", default=["small", "medium"], choices=["small", "medium"])
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "roofline_network"))
-    args = ap.parse_args(argv)
     sys.path.insert(0, HERE)
+    from _timing import network_bench_args, write_results
+
+    args = network_bench_args(__doc__, "roofline_network", 3, argv)
     rows = []
     for name in args.models:
         rows.append(analyse(name, args.batch, args.repeats, rate_repeats=5 if args.batch > 8 else 1))
         print(json.dumps(rows[-1]), flush=True)
-    from _timing import write_results
-
     write_results(args.out, {"threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows},
                   markdown(rows, args.repeats).splitlines())
     return 0
