@@ -10,6 +10,7 @@ from etbkernels.network import crown_full
 from etbkernels.network.parse import parse_model
 from network_ref import crown_full_ref, modules
 from test_network_crown import dense_reference_case
+from test_network_grad import gradcheck_bounds
 from test_network_reference import CASES
 
 torch.manual_seed(11)
@@ -91,19 +92,9 @@ def test_gradcheck_in_x_eps_and_weights():
     torch.manual_seed(1)
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3), nn.ReLU(),
                           nn.Linear(3, 2)).double()
-    convs = [model[0], model[3]]  # the first layer and a hidden one
-    ws = [m.weight.detach().clone().requires_grad_(True) for m in convs]
     x = torch.rand(2, 1, 4, 4, dtype=torch.float64, requires_grad=True)
     eps = torch.full((2, 1, 4, 4), 0.3, dtype=torch.float64, requires_grad=True)
-
-    def fn(x, eps, *weights):
-        for m, w in zip(convs, weights):
-            del m.weight
-            m.weight = w  # a plain tensor: gradients flow to the gradcheck inputs
-        b = bounds(model, x, eps, method="crown")
-        return b.lower, b.upper
-
-    assert torch.autograd.gradcheck(fn, (x, eps, *ws))
+    assert gradcheck_bounds(model, [model[0], model[3]], x, eps, method="crown")  # the first layer, a hidden one
     # the hidden interval really is CROWN's own (else this checks CROWN-IBP's gradients again),
     # and both ReLUs have unstable neurons, whose relaxation carries the intervals' gradients on
     with torch.no_grad():

@@ -8,6 +8,22 @@ from etbkernels.network import bounds, margin_spec
 torch.manual_seed(4)
 
 
+def gradcheck_bounds(model, layers, x, eps, gradcheck_kw=None, **bounds_kw) -> bool:
+    """float64 ``gradcheck`` of ``bounds(model, x, eps, **bounds_kw)`` (lower and upper) in x, eps
+    and the weights of ``layers`` (modules of ``model``, whose weights become plain tensors so
+    gradients flow to the gradcheck inputs)."""
+    ws = [m.weight.detach().clone().requires_grad_(True) for m in layers]
+
+    def fn(x, eps, *weights):
+        for m, w in zip(layers, weights):
+            del m.weight
+            m.weight = w
+        b = bounds(model, x, eps, **bounds_kw)
+        return b.lower, b.upper
+
+    return torch.autograd.gradcheck(fn, (x, eps, *ws), **(gradcheck_kw or {}))
+
+
 def _cnn():
     return nn.Sequential(nn.Conv2d(1, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 2), nn.ReLU(),
                          nn.Flatten(), nn.Linear(16, 5), nn.ReLU(), nn.Linear(5, 3)).double()
@@ -19,19 +35,9 @@ def test_gradcheck_x_eps_weight(method, mask):
     model = _cnn()
     x = torch.rand(2, 1, 5, 5, dtype=torch.float64, requires_grad=True)
     eps = torch.full((1, 5, 5), 0.03, dtype=torch.float64, requires_grad=True)
-    w = model[2].weight.detach().clone().requires_grad_(True)
     C = margin_spec(torch.tensor([0, 2]), 3, dtype=torch.float64)
-
-    def f(x, eps, w):
-        m = _cnn()
-        m.load_state_dict(model.state_dict())
-        del m[2].weight
-        m[2].weight = w
-        kw = {} if mask is None else {"mask": mask}
-        b = bounds(m, x, eps, method=method, spec=C, **kw)
-        return b.lower, b.upper
-
-    assert torch.autograd.gradcheck(f, (x, eps, w), eps=1e-6, atol=1e-7)
+    kw = {} if mask is None else {"mask": mask}
+    assert gradcheck_bounds(model, [model[2]], x, eps, dict(eps=1e-6, atol=1e-7), method=method, spec=C, **kw)
 
 
 def test_chunked_checkpointed_grads_match():

@@ -221,16 +221,16 @@ def _crown_forward(net: Network, mu, r, spec, chunk_size) -> List[Bounds]:
 def _crown_full(net: Network, mu, r, spec, chunk_size) -> List[Bounds]:
     """Full CROWN (:mod:`.crown_full`): every layer's interval from CROWN's own backward pass."""
     spec2, spec3 = _split_spec(spec)
-    if chunk_size is None:  # the row groups bound memory without a graph; with one, the graph does
-        chunk = mu.shape[0] if not _needs_grad(net, mu, r) else \
-            max(1, DEFAULT_CHUNK_BYTES // (graph_numel_per_sample(net) * mu.element_size()))
-    else:
-        chunk = chunk_size
+    chunk = chunk_size
+    if chunk is None:  # the row groups bound memory without a graph (one chunk: the whole batch,
+        # at least 1 for an empty one); with a graph, the graph's size sets it
+        chunk = max(1, mu.shape[0] if not _needs_grad(net, mu, r) else
+                    DEFAULT_CHUNK_BYTES // (graph_numel_per_sample(net) * mu.element_size()))
 
     def run(mu_c, r_c, spec_c):
         return tuple(t for lu in crown_layers(net, mu_c, r_c, spec2 if spec_c is None else spec_c) for t in lu)
 
-    flat = _chunked(run, mu.shape[0], max(chunk, 1), mu, r, spec3)
+    flat = _chunked(run, mu.shape[0], chunk, mu, r, spec3)
     return [Bounds(flat[2 * k], flat[2 * k + 1]) for k in range(len(flat) // 2)]
 
 

@@ -41,8 +41,6 @@ from .parse import Network
 
 #: Numbers in one row group's largest tensor on a dense network (rows x samples x widest layer).
 DENSE_GROUP_NUMEL = 1 << 24
-#: A progress bar is shown (on a terminal) when a call pulls back more row groups than this.
-PROGRESS_GROUPS = 200
 
 
 def prefix(net: Network, k: int) -> Network:
@@ -74,7 +72,7 @@ def crown_neurons(net: Network, mu: Tensor, r: Tensor, relax, offsets, images: O
     g = neuron_group(net, N, len(net.stages) - 1, images)
     starts = range(0, h, g)
     lowers, uppers = [], []
-    for g0 in progress(starts, desc=desc, unit="group", leave=False, disable=len(starts) <= PROGRESS_GROUPS or None):
+    for g0 in progress(starts, desc=desc, unit="group", leave=False, disable=len(starts) <= crown_windows.PROGRESS_CALLS or None):
         rows = min(g, h - g0)
         lam = signed_unit_rows(g0, rows, h, mu.dtype, mu.device).reshape((1, 2 * rows) + shape)
         lam = lam.expand((N, 2 * rows) + shape)

@@ -37,7 +37,8 @@ ENABLED = True
 #: Numbers in the largest tensor of one call (samples x positions x rows x window), about a
 #: last-level cache.
 WINDOW_CALL_NUMEL = 1 << 22
-#: A progress bar is shown (on a terminal) past this many calls.
+#: A progress bar is shown (on a terminal) past this many pull-back calls for one layer (here and
+#: in :func:`.crown_full.crown_neurons`).
 PROGRESS_CALLS = 200
 
 
