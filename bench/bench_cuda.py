@@ -90,6 +90,13 @@ def bench_shape(N, n, h, m, reps, do_naive=True):
         set_precision(path)
         res[f"fused_fwd_{path}_ms"] = timed(fused(ones), reps)
         res[f"fused_fwd_{path}_natural_mask_ms"] = timed(fused(None), reps)
+    # TF32 / BF16 run on Triton's wgmma kernels where installed; the hand-written mma.sync kernel beside them.
+    res["tc_kernel"] = "triton" if etbkernels.has_triton_kernels() else "mma.sync"
+    os.environ["ETBK_CUDA_TC"] = "mma"
+    for path in ("high", "medium"):
+        set_precision(path)
+        res[f"fused_fwd_{path}_mma_ms"] = timed(fused(ones), reps)
+    os.environ.pop("ETBK_CUDA_TC")
     set_precision("highest")
     s_nat = ops.etb_block(c, r, w1, b1, w2, b2, None, False)[2]
     res["active_fraction"] = s_nat.mean().item()
@@ -118,12 +125,17 @@ def bench_shape(N, n, h, m, reps, do_naive=True):
 
     # Backward (fused-forward's saved mask; the natural mask, as in training).
     g_c, g_r = torch.randn(N, m, device=dev), torch.randn(N, m, device=dev)
-    for path in ("high", "highest"):
+    for path in ("high", "highest", "medium"):
         set_precision(path)
         s = ops.etb_block(c, r, w1, b1, w2, b2, ones, False)[2]
         res[f"bwd_{path}_ms"] = timed(lambda: ops.etb_block_backward(g_c, g_r, c, r, w1, b1, w2, s, False),
                                       max(2, reps // 2))
         res[f"bwd_over_fwd_{path}"] = res[f"bwd_{path}_ms"] / res[f"fused_fwd_{path}_ms"]
+    os.environ["ETBK_CUDA_TC"] = "mma"
+    set_precision("high")
+    res["bwd_high_mma_ms"] = timed(lambda: ops.etb_block_backward(g_c, g_r, c, r, w1, b1, w2, s, False),
+                                   max(2, reps // 2))
+    os.environ.pop("ETBK_CUDA_TC")
     set_precision("high")
     res["fwd_peak_extra_MiB"] = peak_extra(fused(ones)) / 2**20
     s = ops.etb_block(c, r, w1, b1, w2, b2, ones, False)[2]
@@ -164,10 +176,11 @@ def verdicts(res):
 def markdown(meta, results):
     lines = [f"# etbkernels CUDA benchmark: {meta['device']}", "",
              f"torch {meta['torch']}, CUDA {meta['cuda']}, {meta['time']}; ms = median CUDA-event time; "
-             "all-ones mask (2 N m n h flops) unless noted.", ""]
+             "all-ones mask (2 N m n h flops) unless noted. TF32 / BF16 kernel: "
+             f"{results[0].get('tc_kernel', '?') if results else '?'} (mma.sync columns: ETBK_CUDA_TC=mma).", ""]
     hdr = ("| N,n,h,m | fused tf32 ms (TF/s) | bmm tf32 ms | ratio | fused fp32 ms (TF/s) | bmm fp32 ms | ratio "
            "| fused bf16 ms | chunked tf32/fp32 ms | naive tf32/fp32 ms | natural mask (act) tf32 ms | bwd tf32/fp32 ms "
-           "| bwd/fwd tf32/fp32 | peak extra fwd/bwd MiB (P: MiB) |")
+           "| bwd/fwd tf32/fp32 | peak extra fwd/bwd MiB (P: MiB) | mma.sync tf32/bf16 fwd ms, tf32 bwd ms | bf16 bwd ms (bwd/fwd) |")
     lines += [hdr, "|" + "---|" * (hdr.count("|") - 1)]
     f = lambda x, d=2: "n/a" if x is None else f"{x:.{d}f}"  # noqa: E731
     for r in results:
@@ -180,7 +193,9 @@ def markdown(meta, results):
             f"| {f(r.get('naive_ref_tf32_ms'))}/{f(r.get('naive_ref_fp32_ms'))} "
             f"| {f(r['fused_fwd_high_natural_mask_ms'])} ({f(r['active_fraction'])}) "
             f"| {f(r['bwd_high_ms'])}/{f(r['bwd_highest_ms'])} | {f(r['bwd_over_fwd_high'])}/{f(r['bwd_over_fwd_highest'])} "
-            f"| {f(r['fwd_peak_extra_MiB'], 0)}/{f(r['bwd_peak_extra_MiB'], 0)} ({f(r['P_all_samples_MiB'], 0)}) |")
+            f"| {f(r['fwd_peak_extra_MiB'], 0)}/{f(r['bwd_peak_extra_MiB'], 0)} ({f(r['P_all_samples_MiB'], 0)}) "
+            f"| {f(r['fused_fwd_high_mma_ms'])}/{f(r['fused_fwd_medium_mma_ms'])}, {f(r['bwd_high_mma_ms'])} "
+            f"| {f(r['bwd_medium_ms'])} ({f(r['bwd_over_fwd_medium'])}) |")
     lines += ["", "Targets (issue 3):", ""]
     for r in results:
         v = verdicts(r)

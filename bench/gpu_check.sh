@@ -8,7 +8,8 @@
 #   2. ptxas register / spill report of the kernels (nvcc -Xptxas -v on the torch-free .cu)
 #   3. the CUDA tests (tests/test_cuda_block.py, including the > 2^31-element case, then the CUDA
 #      cases of the rest of the suite)
-#   4. bench/bench_cuda.py at (256,784,1024,1024) and (256,3072,1024,1024)
+#   4. bench/bench_cuda.py at (256,784,1024,1024) and (256,3072,1024,1024), then the tile sweep of
+#      the Triton kernels (bench/triton_sweep.py)
 #   5. compute-sanitizer memcheck, racecheck, synccheck and initcheck on bench/sanitize_case.py
 # and prints a short table last. Logs and results go to bench/results/ (and to $OUT if set).
 set -u
@@ -78,9 +79,12 @@ $PY -c "import etbkernels; assert etbkernels.has_cuda_kernels(), 'no CUDA kernel
 # pytest-xdist where installed: a test that crashes its worker is reported and the rest still run.
 XDIST=""
 $PY -c "import xdist" 2>/dev/null && XDIST="-n 3"
-step tests 150 env ETBK_TEST_HUGE=1 $PY -m pytest -q $XDIST --maxfail=25 --durations=5 -p no:cacheprovider tests/test_cuda_block.py
+step tests 150 env ETBK_TEST_HUGE=1 $PY -m pytest -q $XDIST --maxfail=25 --durations=5 -p no:cacheprovider \
+  tests/test_cuda_block.py tests/test_triton_radius.py
 # 4. benchmarks (before the slower, optional steps so the table is never skipped for time)
 step bench 100 $PY bench/bench_cuda.py --reps 6
+# 4b. tile sweep of the Triton tensor-core kernels (the defaults of triton_radius.default_tile)
+step triton_sweep 120 $PY bench/triton_sweep.py
 
 
 # 5. sanitizers on a small case (no caching allocator: every allocation is its own cudaMalloc)
@@ -96,7 +100,7 @@ unset PYTORCH_NO_CUDA_MEMORY_CACHING
 
 # 6. (optional, last) Nsight Compute on one TF32 forward: throughput, occupancy, bank conflicts
 NCU=$(command -v ncu || echo "$CUDA_HOME/bin/ncu")
-step ncu 45 "$NCU" --kernel-name regex:radius_fwd_mma --launch-skip 1 --launch-count 1 \
+step ncu 45 "$NCU" --kernel-name "regex:radius_fwd_mma|_abs_product_kernel" --launch-skip 1 --launch-count 1 \
   --section SpeedOfLight --section Occupancy --section WarpStateStats --section InstructionStats \
   $PY bench/ncu_case.py --shape 256,784,1024,1024 --precision high
 
@@ -107,6 +111,7 @@ unset PYTORCH_NO_CUDA_MEMORY_CACHING
 
 TOTAL=$(( $(date +%s) - T0 ))
 BENCH_MD=$(ls -t "$RES"/gpu_*.md 2>/dev/null | head -n 1)
+SWEEP_MD=$(ls -t "$RES"/triton_sweep_*.md 2>/dev/null | head -n 1)
 {
   echo
   echo "==================== etbkernels gpu_check ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1), ${TOTAL}s) ===================="
@@ -115,6 +120,7 @@ BENCH_MD=$(ls -t "$RES"/gpu_*.md 2>/dev/null | head -n 1)
   printf '%s\n' "${SUMMARY[@]}"
   echo
   if [ -n "$BENCH_MD" ] && [ "$BENCH_MD" -nt "$LOGDIR/env.log" ]; then cat "$BENCH_MD"; else echo "(no benchmark table this run)"; fi
+  if [ -n "$SWEEP_MD" ] && [ "$SWEEP_MD" -nt "$LOGDIR/env.log" ]; then echo; cat "$SWEEP_MD"; fi
 } | tee "$LOGDIR/summary.txt"
 
 # $OUT (the lent machine's result folder) takes few files: the summary, the bench table and one
@@ -123,4 +129,5 @@ if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
   cp "$LOGDIR/summary.txt" "$OUT/" 2>/dev/null
   tar -czf "$OUT/gpu_check_logs.tgz" -C "$RES" "$(basename "$LOGDIR")" 2>/dev/null
   [ -n "$BENCH_MD" ] && cp "$BENCH_MD" "${BENCH_MD%.md}.json" "$OUT/" 2>/dev/null
+  [ -n "$SWEEP_MD" ] && cp "$SWEEP_MD" "${SWEEP_MD%.md}.json" "$OUT/" 2>/dev/null
 fi

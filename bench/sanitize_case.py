@@ -1,7 +1,7 @@
 """A small case for compute-sanitizer (memcheck / racecheck / initcheck), run by bench/gpu_check.sh.
 
 Every CUDA kernel variant of etbkernels runs at least once: the three float32 paths (FFMA,
-TF32, BF16) with the 16-byte (sizes multiple of 4) and the 4-byte (awkward sizes) loaders, the
+TF32, BF16; the last two on Triton's kernels where registered and on the mma.sync kernel) with the 16-byte (sizes multiple of 4) and the 4-byte (awkward sizes) loaders, the
 float64 kernel (both loaders), samples without active units, the chunked backward (a tiny
 memory budget makes several chunks) and IBP. Checks the results against float64 references
 too, so a sanitizer-clean but wrong run still fails.
@@ -51,6 +51,12 @@ def main():
     for path in ("highest", "high", "medium"):
         ok &= run(5, 37, 19, 130, torch.float32, path)            # 4-byte loader, 2 row tiles
         ok &= run(3, 132, 40, 132, torch.float32, path, True)     # 16-byte loader, an empty sample
+    # TF32 / BF16 above ran the Triton kernels where registered; the mma.sync kernel too:
+    os.environ["ETBK_CUDA_TC"] = "mma"
+    for path in ("high", "medium"):
+        ok &= run(5, 37, 19, 130, torch.float32, path)
+        ok &= run(3, 132, 40, 132, torch.float32, path, True)
+    os.environ.pop("ETBK_CUDA_TC")
     ok &= run(4, 33, 21, 70, torch.float64, "highest", True)      # fp64, 8-byte loader
     ok &= run(2, 66, 17, 66, torch.float64, "highest")            # fp64, 16-byte loader
     ib = ops.ibp_block(*(torch.randn(3, 9, device="cuda"), torch.rand(3, 9, device="cuda"),

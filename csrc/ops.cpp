@@ -31,4 +31,10 @@ TORCH_LIBRARY(etbkernels, m) {
   m.def(
       "ibp_block_backward(Tensor grad_center, Tensor grad_radius, Tensor center, Tensor radius, "
       "Tensor w1, Tensor? b1, Tensor w2) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Tensor-core helpers of the CUDA kernels above, implemented in Triton (etbkernels/triton_radius.py,
+  // registered for CUDA from Python when Triton is installed). For each sample b, with
+  // P = a diag(s_b) bt^T: out[b, row] = sum_col |P[row, col]| wcol[b, col]; the _grad form also
+  // returns T[b, row, col] = sign(P[row, col]) wcol[b, col] wrow[b, row].
+  m.def("tc_radius(Tensor a, Tensor bt, Tensor s, Tensor wcol) -> Tensor");
+  m.def("tc_radius_grad(Tensor a, Tensor bt, Tensor s, Tensor wcol, Tensor wrow) -> (Tensor, Tensor)");
 }

@@ -3,11 +3,11 @@
 ETB bounds are *expected* bounds (tight, not certificates); IBP and the CROWN bounds are sound. See README.md.
 """
 from . import reference
-from ._ops import has_cuda_kernels, ops
+from ._ops import has_cuda_kernels, has_triton_kernels, ops
 from .block import etb_block, ibp_block
 from .bounds_type import Bounds
 from .network import Normalize, bounds, margin_spec
 from .nn import BoundedModel
 
 __version__ = "0.1.0"
-__all__ = ["Bounds", "etb_block", "ibp_block", "bounds", "margin_spec", "Normalize", "BoundedModel", "reference", "ops", "has_cuda_kernels", "__version__"]
+__all__ = ["Bounds", "etb_block", "ibp_block", "bounds", "margin_spec", "Normalize", "BoundedModel", "reference", "ops", "has_cuda_kernels", "has_triton_kernels", "__version__"]

@@ -36,6 +36,17 @@ def _ibp_block_backward_fake(grad_center, grad_radius, center, radius, w1, b1, w
     return _grads_like(center, w1, w2)
 
 
+@torch.library.register_fake("etbkernels::tc_radius")
+def _tc_radius_fake(a, bt, s, wcol):
+    return wcol.new_empty(s.shape[0], a.shape[0])
+
+
+@torch.library.register_fake("etbkernels::tc_radius_grad")
+def _tc_radius_grad_fake(a, bt, s, wcol, wrow):
+    N, rows, cols = s.shape[0], a.shape[0], bt.shape[0]
+    return wcol.new_empty(N, rows), wcol.new_empty(N, rows, cols)
+
+
 def _grads_like(center, w1, w2):
     h, m = w1.shape[0], w2.shape[0]
     return (
@@ -83,3 +94,14 @@ torch.library.register_autograd("etbkernels::ibp_block", _ibp_backward, setup_co
 def has_cuda_kernels() -> bool:
     """True when this build of etbkernels registered CUDA kernels for its ops."""
     return torch._C._dispatch_has_kernel_for_dispatch_key("etbkernels::etb_block", "CUDA")
+
+
+def has_triton_kernels() -> bool:
+    """True when the TF32 / BF16 CUDA paths run the Triton tensor-core kernels (etbkernels.triton_radius)."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("etbkernels::tc_radius", "CUDA")
+
+
+if has_cuda_kernels():  # a CUDA build: the TF32 / BF16 paths use Triton's wgmma kernels where installed
+    from . import triton_radius
+
+    triton_radius.register()

@@ -52,8 +52,14 @@ assert etbkernels.has_cuda_kernels(), "CUDA kernels are not registered"
 for op in ("etb_block", "etb_block_backward", "ibp_block", "ibp_block_backward"):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"etbkernels::{op}", "CUDA"), op
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"etbkernels::{op}", "CPU"), op
-print("ci_cuda_build: import OK from", etbkernels.__file__, "- has_cuda_kernels() = True; cuda available here:",
-      torch.cuda.is_available())
+import importlib.util
+if importlib.util.find_spec("triton") is not None:  # torch's CUDA wheels bring Triton: the TF32/BF16 kernels
+    assert etbkernels.has_triton_kernels(), "Triton is installed but tc_radius is not registered for CUDA"
+print("ci_cuda_build: import OK from", etbkernels.__file__, "- has_cuda_kernels() = True; has_triton_kernels() =",
+      etbkernels.has_triton_kernels(), "; cuda available here:", torch.cuda.is_available())
 PYEOF
 )
+
+# 4. the Triton tensor-core kernels compile for sm_90 and use wgmma, with pipelined copies
+(cd "$SCRATCH" && "$PY" "$ROOT/bench/triton_compile_report.py" --arch 90) 2>&1 | grep -v -i warn
 echo "ci_cuda_build: OK in $(( $(date +%s) - T0 ))s"

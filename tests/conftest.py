@@ -10,6 +10,11 @@ settings.register_profile("ci", max_examples=40, derandomize=True, suppress_heal
 settings.register_profile("dev", max_examples=300)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# Without a GPU, Triton kernels run in Triton's interpreter on CPU tensors (tests/test_triton_radius.py).
+# It must be set before anything imports triton: its own @jit helpers are built at import time.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Every test runs with poisoned kernel buffers (see csrc/poison.h): an unwritten element is NaN.
 os.environ["ETBK_POISON"] = "1"
 

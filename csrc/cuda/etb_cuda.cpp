@@ -8,7 +8,11 @@
 //    memory is bounded by a fixed budget (ETBK_CUDA_BWD_BUDGET_MB, default 512 MiB) plus
 //    O(N * h) index arrays, never O(N * m * n).
 //  - ibp_block / ibp_block_backward: the ATen composites of block_common.cpp (cuBLAS GEMMs).
+//  - TF32 / BF16: when etbkernels/triton_radius.py has registered the Triton tensor-core ops
+//    (tc_radius, tc_radius_grad: wgmma on Hopper), the forward radius and the backward's P / T /
+//    dr step run there; otherwise the mma.sync kernel and cuBLAS. ETBK_CUDA_TC=mma forces the latter.
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -46,6 +50,49 @@ RadiusPath float_path() {
     case at::Float32MatmulPrecision::MEDIUM: return RadiusPath::kBF16;
   }
   return RadiusPath::kFFMA;
+}
+
+// The Triton tensor-core kernels serve the TF32 / BF16 paths when Python registered them (Triton
+// installed) on a GPU of compute capability >= 8.0, unless ETBK_CUDA_TC=mma.
+bool use_triton(RadiusPath path, const at::Device& device) {
+  if (path == RadiusPath::kFFMA) return false;
+  if (const char* env = std::getenv("ETBK_CUDA_TC")) {
+    const std::string v(env);
+    TORCH_CHECK_VALUE(v.empty() || v == "mma" || v == "triton", "etbkernels: ETBK_CUDA_TC must be mma or triton, got '",
+                      v, "'");
+    if (v == "mma") return false;
+  }
+  const auto op = c10::Dispatcher::singleton().findOp(c10::OperatorName("etbkernels::tc_radius", ""));
+  if (!op || !op->hasKernelForDispatchKey(c10::DispatchKey::CUDA)) return false;
+  int major = 0;
+  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device.index()), "cudaDeviceGetAttribute");
+  return major >= 8;
+}
+
+// Operands of the Triton kernels, both K-major (h contiguous) as TF32 wgmma needs: fresh copies
+// (never the caller's tensors), rounded to TF32 (nearest, as the mma.sync path) or cast to BF16.
+at::Tensor tc_operand(const at::Tensor& x, RadiusPath path, cudaStream_t stream) {
+  if (path == RadiusPath::kBF16) return x.to(at::kBFloat16).contiguous();
+  at::Tensor y = x.clone(at::MemoryFormat::Contiguous);
+  check_cuda(round_to_tf32(y.data_ptr<float>(), y.numel(), stream), "round_to_tf32");
+  return y;
+}
+
+at::Tensor tc_radius(const at::Tensor& a, const at::Tensor& bt, const at::Tensor& s, const at::Tensor& wcol) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("etbkernels::tc_radius", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  return op.call(a, bt, s, wcol);
+}
+
+std::tuple<at::Tensor, at::Tensor> tc_radius_grad(const at::Tensor& a, const at::Tensor& bt, const at::Tensor& s,
+                                                  const at::Tensor& wcol, const at::Tensor& wrow) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("etbkernels::tc_radius_grad", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                    const at::Tensor&, const at::Tensor&)>();
+  return op.call(a, bt, s, wcol, wrow);
 }
 
 void check_sizes(const char* op, int64_t N, int64_t h, int64_t m, int rows_per_cta) {
@@ -87,10 +134,14 @@ void radius_fwd_cuda(const at::Tensor& w1, const at::Tensor& w2, const at::Tenso
     return;
   }
   const at::Tensor S = s.contiguous();
-  at::Tensor idx, count;
-  compact(S, idx, nullptr, count);
   const at::Tensor rc = r.contiguous();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(w1.device().index());
+  if (!is_double && use_triton(path, w1.device())) {  // A = W2 (m, h), Bt = W1^T (n, h)
+    out.copy_(tc_radius(tc_operand(w2, path, stream), tc_operand(w1.t(), path, stream), S, rc));
+    return;
+  }
+  at::Tensor idx, count;
+  compact(S, idx, nullptr, count);
   // w2t (h, m): rows of active units are contiguous in j. The TF32 kernel reads its operands'
   // bits as TF32, so that path rounds fresh copies of both (never the caller's tensors) once here.
   const bool tf32 = path == RadiusPath::kTF32;
@@ -147,6 +198,16 @@ void radius_bwd_cuda(const at::Tensor& grad, const at::Tensor& w1, const at::Ten
   const int64_t per_sample = elt * (2 * m * n + 2 * std::max<int64_t>(hmax_all, 1) * (m + n));
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, bwd_budget_bytes() / per_sample));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(w1.device().index());
+  // TF32 / BF16 with Triton: T and dr of a chunk come from one tensor-core kernel (P never
+  // stored). Its A = W1^T (n, h) and Bt = W2 (m, h): dr comes out as (C, n) and T as (C, n, m),
+  // used through its transpose (C, m, n) view (cuBLAS takes either layout).
+  const RadiusPath path = w1.scalar_type() == at::kDouble ? RadiusPath::kFFMA : float_path();
+  const bool tc = use_triton(path, w1.device());
+  at::Tensor tc_a, tc_bt;
+  if (tc) {
+    tc_a = tc_operand(w1.t(), path, stream);
+    tc_bt = tc_operand(w2, path, stream);
+  }
 
   for (int64_t b0 = 0; b0 < N; b0 += chunk) {
     const int64_t C = std::min(chunk, N - b0);
@@ -163,13 +224,17 @@ void radius_bwd_cuda(const at::Tensor& grad, const at::Tensor& w1, const at::Ten
     const at::Tensor g_c = G.narrow(0, b0, C);
     const at::Tensor r_c = R.narrow(0, b0, C);
     at::Tensor T;
-    {
+    if (tc) {
+      auto dr_t = tc_radius_grad(tc_a, tc_bt, S.narrow(0, b0, C), g_c, r_c);
+      dr.narrow(0, b0, C).copy_(std::get<0>(dr_t));
+      T = std::get<1>(dr_t).transpose(1, 2);  // sign(P) * G[j] * r[k], a (C, m, n) view
+    } else {
       at::Tensor P = at::bmm(wa2.transpose(1, 2), wa1);  // (C, m, n)
       T = P.sign();
       P.abs_();
       dr.narrow(0, b0, C).copy_(at::bmm(g_c.unsqueeze(1), P).squeeze(1));  // dr[b,k] = sum_j G |P|
+      T.mul_(g_c.unsqueeze(2)).mul_(r_c.unsqueeze(1));  // T = sign(P) * G[j] * r[k]
     }
-    T.mul_(g_c.unsqueeze(2)).mul_(r_c.unsqueeze(1));  // T = sign(P) * G[j] * r[k]
     const at::Tensor pos_c = pos.narrow(0, b0, C);   // (C, h), rows contiguous
     {
       // dW2[j, i] += sum_b s_b[i] (T_b W1^T)[j, i]  ->  U_b = W1[act] T_b^T, rows per active unit.
