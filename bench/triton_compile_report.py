@@ -24,6 +24,38 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 KERNELS = os.path.join(os.path.dirname(HERE), "etbkernels", "triton_radius.py")
 
 
+def report(triton, GPUTarget, ASTSource, fn, sig, consts, attrs, warps, stages, arch, label) -> bool:
+    """Compiles one variant, prints its line; True when it compiled to wgmma with pipelined copies."""
+    try:
+        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+                           target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": stages})
+    except Exception as e:  # noqa: BLE001  (report every variant)
+        print(f"{label}: COMPILE FAILED: {type(e).__name__}: {str(e)[:300]}")
+        return False
+    try:  # the ptxas Triton itself uses for this arch (Triton >= 3.5 ships two)
+        from triton.backends.nvidia.compiler import get_ptxas
+        ptxas = get_ptxas(arch).path
+    except ImportError:
+        ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    ptx = k.asm["ptx"]
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as fh:
+        fh.write(ptx)
+    log = subprocess.run([ptxas, f"-arch=sm_{arch}a" if arch == 90 else f"-arch=sm_{arch}", "-v", fh.name,
+                          "-o", os.devnull], capture_output=True, text=True).stderr
+    os.unlink(fh.name)
+    regs = re.findall(r"Used (\d+) registers", log)
+    spills = re.findall(r"(\d+) bytes spill stores", log)
+    if not regs:
+        print(log[-600:])
+    wgmma, mma_sync = ptx.count("wgmma.mma_async"), ptx.count("mma.sync")
+    cp_async = ptx.count("cp.async.cg") + ptx.count("cp.async.ca")
+    ok = bool(regs) and (wgmma > 0 or arch < 90) and cp_async > 0
+    print(f"{label}: regs {regs[0] if regs else '?'}, spill stores {spills[0] if spills else '?'} B, "
+          f"shared {k.metadata.shared} B, wgmma {wgmma}, mma.sync {mma_sync}, cp.async {cp_async}"
+          f"{'' if ok else '  <- NOT wgmma / not pipelined / no ptxas report'}")
+    return ok
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", type=int, default=90)
@@ -41,11 +73,6 @@ def main():
     tr = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tr)
 
-    try:  # the ptxas Triton itself uses for this arch (Triton >= 3.5 ships two)
-        from triton.backends.nvidia.compiler import get_ptxas
-        ptxas = get_ptxas(args.arch).path
-    except ImportError:
-        ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     names = ["a_ptr", "bt_ptr", "s_ptr", "wcol_ptr", "out_ptr", "wrow_ptr", "t_ptr",
              "rows", "cols", "h"]
     failed = 0
@@ -62,34 +89,20 @@ def main():
             attrs = {(i,): [["tt.divisibility", 16]] for i in range(10)}
             label = f"{'bf16' if bf16 else 'tf32'} {'backward (T)' if write_t else 'forward'} tile {br},{bc},{bk} " \
                     f"warps {warps} stages {stages}"
-            try:
-                src = ASTSource(fn=tr._abs_product_kernel, signature=sig, constexprs=consts, attrs=attrs)
-                k = triton.compile(src, target=GPUTarget("cuda", args.arch, 32),
-                                   options={"num_warps": warps, "num_stages": stages})
-            except Exception as e:  # noqa: BLE001  (report every variant)
-                print(f"{label}: COMPILE FAILED: {type(e).__name__}: {str(e)[:300]}")
-                failed += 1
-                continue
-            ptx = k.asm["ptx"]
-            with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as fh:
-                fh.write(ptx)
-            arch = f"sm_{args.arch}a" if args.arch == 90 else f"sm_{args.arch}"
-            log = subprocess.run([ptxas, f"-arch={arch}", "-v", fh.name, "-o", os.devnull],
-                                 capture_output=True, text=True).stderr
-            os.unlink(fh.name)
-            regs = re.findall(r"Used (\d+) registers", log)
-            if not regs:
-                print(log[-600:])
-                failed += 1
-            spills = re.findall(r"(\d+) bytes spill stores", log)
-            wgmma, mma_sync = ptx.count("wgmma.mma_async"), ptx.count("mma.sync")
-            cp_async = ptx.count("cp.async.cg") + ptx.count("cp.async.ca")
-            ok = (wgmma > 0 or args.arch < 90) and cp_async > 0
-            print(f"{label}: regs {regs[0] if regs else '?'}, spill stores {spills[0] if spills else '?'} B, "
-                  f"shared {k.metadata.shared} B, wgmma {wgmma}, mma.sync {mma_sync}, cp.async {cp_async}"
-                  f"{'' if ok else '  <- NOT wgmma / not pipelined'}")
-            failed += not ok
-    print(f"triton_compile_report: {4 - failed}/4 variants OK (sm_{args.arch}, triton {triton.__version__})")
+            failed += not report(triton, GPUTarget, ASTSource, tr._abs_product_kernel, sig, consts, attrs,
+                                 warps, stages, args.arch, label)
+    wnames = ["a_ptr", "t_ptr", "s_ptr", "part_ptr", "h", "tdim", "xdim", "C", "per_split"]
+    for tdim, xdim, what in ((args.rows, args.cols, "dW1"), (args.cols, args.rows, "dW2^T")):
+        bi, bx, bt_, warps, stages = tr.weight_grad_tile()
+        sig = {n: "*fp32" for n in wnames[:4]}
+        sig.update({n: "i32" for n in wnames[4:]})
+        consts = {"BI": bi, "BX": bx, "BT": bt_}
+        sig.update({k: "constexpr" for k in consts})
+        attrs = {(i,): [["tt.divisibility", 16]] for i in range(7)}  # pointers, h, tdim, xdim 16-aligned
+        label = f"tf32 weight grad ({what}) tile {bi},{bx},{bt_} warps {warps} stages {stages}"
+        failed += not report(triton, GPUTarget, ASTSource, tr._masked_weight_grad_kernel, sig, consts, attrs,
+                             warps, stages, args.arch, label)
+    print(f"triton_compile_report: {6 - failed}/6 variants OK (sm_{args.arch}, triton {triton.__version__})")
     return 1 if failed else 0
 
 

@@ -2,7 +2,7 @@
 
 For each shape (N, n, h, m) and each tile (BR, BC, BK, warps, stages) it times
 ``etbkernels.triton_radius.tc_radius`` (the forward: A = W2, Bt = W1^T) and ``tc_radius_grad`` (the
-backward's T / dr step: A = W1^T, Bt = W2) in TF32 and BF16, with an all-ones mask (2 N m n h
+backward's T / dr step: A = W1^T, Bt = W2) in TF32 and BF16, and ``tc_weight_grad`` (dW1, dW2^T), with an all-ones mask (2 N m n h
 flops), next to a same-flops torch.bmm measured in the same run. The defaults of
 ``triton_radius.default_tile`` come from this table. Writes bench/results/triton_sweep_<stamp>.{json,md}.
 """
@@ -21,12 +21,12 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from bench.bench_cuda import timed  # noqa: E402
 
-TILES_TF32 = ["128,128,32,8,3", "128,128,32,8,4", "128,64,32,4,4", "64,128,32,4,4", "128,256,32,8,3",
-              "128,128,16,8,4", "256,128,32,8,3"]
-TILES_BF16 = ["128,128,64,8,3", "128,128,64,8,4", "128,256,64,8,3", "128,64,64,4,4"]
+TILES_TF32 = ["128,256,32,8,3", "128,128,32,8,3"]
+TILES_BF16 = ["128,256,64,8,3"]
+TILES_WGRAD = ["128,256,32,8,3", "128,128,32,8,3", "256,128,32,8,3", "128,256,32,8,4"]
 
 
-def sweep_shape(tr, N, n, h, m, reps, tiles_tf32, tiles_bf16, grad):
+def sweep_shape(tr, N, n, h, m, reps, tiles_tf32, tiles_bf16, tiles_wgrad, grad):
     torch.manual_seed(0)
     w1 = torch.randn(h, n, device="cuda") / n ** 0.5
     w2 = torch.randn(m, h, device="cuda") / h ** 0.5
@@ -60,6 +60,27 @@ def sweep_shape(tr, N, n, h, m, reps, tiles_tf32, tiles_bf16, grad):
             rows.append(row)
             print(json.dumps(row), flush=True)
     os.environ.pop("ETBK_TRITON_TILE", None)
+    if grad:  # the weight-gradient kernel on a 64-sample chunk of T (the backward calls it twice per chunk)
+        C = min(N, 64)
+        T = torch.randn(C, n, m, device="cuda")  # T[b, k, j] as tc_radius_grad writes it
+        T2 = T.transpose(1, 2).contiguous()
+        w2t, w1c = w2.t().contiguous(), w1.contiguous()
+        for tile in tiles_wgrad:
+            os.environ["ETBK_TRITON_WGRAD_TILE"] = tile
+            row = {"shape": [N, n, h, m], "dtype": "wgrad tf32 (64 samples)", "tile": tile, "bmm_ms": None}
+            try:
+                row["dw1_ms"] = timed(lambda: tr.tc_weight_grad(w2t, T, s[:C]), reps)
+                row["dw2_ms"] = timed(lambda: tr.tc_weight_grad(w1c, T2, s[:C]), reps)
+                row["wgrad_tflops"] = 2 * 2.0 * C * m * n * h / (row["dw1_ms"] + row["dw2_ms"]) / 1e9
+            except Exception as e:  # noqa: BLE001
+                row["error"] = f"{type(e).__name__}: {str(e)[:120]}"
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        os.environ.pop("ETBK_TRITON_WGRAD_TILE", None)
+        row = {"shape": [N, n, h, m], "dtype": "T transpose copy (64 samples)", "tile": "-", "bmm_ms": None,
+               "dw1_ms": timed(lambda: T.transpose(1, 2).contiguous(), reps)}
+        rows.append(row)
+        del T, T2
     return rows
 
 
@@ -69,6 +90,7 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--tf32", default=";".join(TILES_TF32))
     ap.add_argument("--bf16", default=";".join(TILES_BF16))
+    ap.add_argument("--wgrad", default=";".join(TILES_WGRAD))
     ap.add_argument("--no-grad", action="store_true")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
@@ -83,7 +105,8 @@ def main():
     for spec in args.shapes.split(";"):
         N, n, h, m = (int(x) for x in spec.split(","))
         rows += sweep_shape(tr, N, n, h, m, args.reps, [t for t in args.tf32.split(";") if t],
-                            [t for t in args.bf16.split(";") if t], not args.no_grad)
+                            [t for t in args.bf16.split(";") if t], [t for t in args.wgrad.split(";") if t],
+                            not args.no_grad)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
             "triton": __import__("triton").__version__,
             "time": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
@@ -93,12 +116,14 @@ def main():
         json.dump({"meta": meta, "rows": rows}, fh, indent=1)
     f = lambda x, d=2: "-" if x is None else f"{x:.{d}f}"  # noqa: E731
     lines = [f"# Triton radius tile sweep: {meta['device']} (torch {meta['torch']}, triton {meta['triton']})", "",
-             "| N,n,h,m | dtype | BR,BC,BK,warps,stages | fwd ms | TF/s | bmm ms | fwd / bmm | grad (64 samples) ms |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| N,n,h,m | dtype | BR,BC,BK,warps,stages | fwd ms | TF/s | bmm ms | fwd / bmm | T kernel (64 samples) ms "
+             "| dW1 / dW2^T kernels (64 samples) ms (TF/s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {','.join(map(str, r['shape']))} | {r['dtype']} | {r['tile']} | {f(r.get('fwd_ms'))} "
                      f"| {f(r.get('fwd_tflops'), 0)} | {f(r['bmm_ms'])} | {f(r.get('fwd_ratio_vs_bmm'))} "
-                     f"| {f(r.get('grad_chunk64_ms'))} {r.get('error', '')} |")
+                     f"| {f(r.get('grad_chunk64_ms'))} | {f(r.get('dw1_ms'))} / {f(r.get('dw2_ms'))} "
+                     f"({f(r.get('wgrad_tflops'), 0)}) {r.get('error', '')} |")
     md = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, f"triton_sweep_{stamp}.md"), "w") as fh:
         fh.write(md)

@@ -37,4 +37,6 @@ TORCH_LIBRARY(etbkernels, m) {
   // returns T[b, row, col] = sign(P[row, col]) wcol[b, col] wrow[b, row].
   m.def("tc_radius(Tensor a, Tensor bt, Tensor s, Tensor wcol) -> Tensor");
   m.def("tc_radius_grad(Tensor a, Tensor bt, Tensor s, Tensor wcol, Tensor wrow) -> (Tensor, Tensor)");
+  // out[i, x] = sum_b [s[b, i] != 0] sum_t a[i, t] t[b, x, t]: (h, xdim) for t (C, xdim, tdim).
+  m.def("tc_weight_grad(Tensor a, Tensor t, Tensor s) -> Tensor");
 }

@@ -47,6 +47,11 @@ def _tc_radius_grad_fake(a, bt, s, wcol, wrow):
     return wcol.new_empty(N, rows), wcol.new_empty(N, rows, cols)
 
 
+@torch.library.register_fake("etbkernels::tc_weight_grad")
+def _tc_weight_grad_fake(a, t, s):
+    return a.new_empty(a.shape[0], t.shape[1])
+
+
 def _grads_like(center, w1, w2):
     h, m = w1.shape[0], w2.shape[0]
     return (

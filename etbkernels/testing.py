@@ -24,6 +24,13 @@ LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
 TOLERANCES = {torch.float64: (1e-10, 1e-12), torch.float32: (2e-5, 1e-5)}
 
 
+def round_tf32(x: Tensor) -> Tensor:
+    """float32 -> TF32 values (10-bit mantissa), round to nearest, ties away from zero (as cvt.rna.tf32.f32
+    and the CUDA build's TF32 operand rounding)."""
+    i = x.float().contiguous().view(torch.int32)
+    return ((i + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
 def devices() -> list:
     """Devices to test on: CPU, plus CUDA when a GPU and CUDA kernels are both present."""
     out = ["cpu"]

@@ -51,19 +51,25 @@ def default_tile(rows: int, cols: int, bf16: bool) -> Tuple[int, int, int, int, 
     """(BR, BC, BK, num_warps, num_stages) for a problem; ETBK_TRITON_TILE overrides it."""
     env = os.environ.get("ETBK_TRITON_TILE", "").strip()
     if env:
-        try:
-            br, bc, bk, warps, stages = (int(v) for v in env.split(","))
-        except ValueError:
-            raise ValueError(f"ETBK_TRITON_TILE must be 'BR,BC,BK,warps,stages' (5 integers), got {env!r}") from None
-        for name, v in (("BR", br), ("BC", bc), ("BK", bk)):
-            if v < 16 or v & (v - 1):
-                raise ValueError(f"ETBK_TRITON_TILE: {name} must be a power of two >= 16, got {v}")
-        return br, bc, bk, warps, stages
+        return _parse_tile("ETBK_TRITON_TILE", env)
+    # From bench/triton_sweep.py on an H100 (triton 3.6): 128 x 256 tiles were the fastest for both
+    # benchmark shapes, TF32 (0.79-0.84 of a TF32 bmm) and BF16; smaller problems get smaller tiles.
     br = 64 if rows <= 64 else 128
-    bc = 64 if cols <= 64 else 128
+    bc = 64 if cols <= 64 else (128 if cols <= 128 else 256)
     bk = 64 if bf16 else 32
-    warps = 4 if br == 64 else 8
+    warps = 4 if br == 64 and bc <= 128 else 8
     return br, bc, bk, warps, 3
+
+
+def _parse_tile(var: str, env: str) -> Tuple[int, int, int, int, int]:
+    try:
+        br, bc, bk, warps, stages = (int(v) for v in env.split(","))
+    except ValueError:
+        raise ValueError(f"{var} must be 'BR,BC,BK,warps,stages' (5 integers), got {env!r}") from None
+    for name, v in (("BR", br), ("BC", bc), ("BK", bk)):
+        if v < 16 or v & (v - 1):
+            raise ValueError(f"{var}: {name} must be a power of two >= 16, got {v}")
+    return br, bc, bk, warps, stages
 
 
 if triton is not None:
@@ -110,10 +116,45 @@ if triton is not None:
             if WRITE_T:
                 sign = tl.where(acc > 0, 1.0, tl.where(acc < 0, -1.0, 0.0))
                 t = sign * wcol[None, :] * wrow[:, None]
+                # T feeds the TF32 weight-gradient kernel: round to nearest here (ties away, as
+                # cvt.rna), else the tensor cores would truncate its low 13 bits (a bias).
+                t_bits = t.to(tl.int32, bitcast=True)
+                t = ((t_bits + 0x1000) & -8192).to(tl.float32, bitcast=True)
                 t_off = b * rows * cols + rr[:, None].to(tl.int64) * cols + cc[None, :]
                 tl.store(t_ptr + t_off, t, mask=row_ok[:, None] & col_ok[None, :])
         total = tl.where(tl.sum(n_active, axis=0) > 0, total, tl.zeros_like(total))
         tl.store(out_ptr + b * rows + rr, total, mask=row_ok)
+
+    @triton.jit
+    def _masked_weight_grad_kernel(a_ptr, t_ptr, s_ptr, part_ptr, h, tdim, xdim, C, per_split,
+                                   BI: tl.constexpr, BX: tl.constexpr, BT: tl.constexpr):
+        # part[split, i, x] = sum_{b in split} sum_t [s[b, i] != 0] A[i, t] T[b, x, t]: one long
+        # contraction over (b, t), the mask a select on A's rows (in registers, as in the forward),
+        # both operands K-major (t contiguous) as TF32 wgmma needs.
+        split = tl.program_id(2)
+        ri = tl.program_id(0) * BI + tl.arange(0, BI)
+        rx = tl.program_id(1) * BX + tl.arange(0, BX)
+        rt = tl.arange(0, BT)
+        i_ok = ri < h
+        x_ok = rx < xdim
+        a_rows = a_ptr + ri[:, None].to(tl.int64) * tdim
+        t_cols = rx[None, :].to(tl.int64) * tdim
+        nt = (tdim + BT - 1) // BT
+        b0 = split * per_split
+        nb = tl.minimum(per_split, C - b0)
+        acc = tl.zeros((BI, BX), tl.float32)
+        for it in range(0, nb * nt):  # flat (b, t) loop: one software pipeline for all samples
+            b64 = tl.cast(b0 + it // nt, tl.int64)
+            tt = (it % nt) * BT + rt
+            t_ok = tt < tdim
+            sv = tl.load(s_ptr + b64 * h + ri, mask=i_ok, other=0.0)
+            a = tl.load(a_rows + tt[None, :], mask=i_ok[:, None] & t_ok[None, :], other=0.0)
+            a = tl.where(sv[:, None] != 0, a, tl.zeros_like(a))
+            tb = tl.load(t_ptr + b64 * xdim * tdim + t_cols + tt[:, None], mask=t_ok[:, None] & x_ok[None, :],
+                         other=0.0)
+            acc = tl.dot(a, tb, acc, input_precision="tf32")
+        off = split.to(tl.int64) * h * xdim + ri[:, None].to(tl.int64) * xdim + rx[None, :]
+        tl.store(part_ptr + off, acc, mask=i_ok[:, None] & x_ok[None, :])
 
 
 def _check(a, bt, s, wcol, wrow=None):
@@ -172,8 +213,56 @@ def tc_radius(a: torch.Tensor, bt: torch.Tensor, s: torch.Tensor, wcol: torch.Te
 
 def tc_radius_grad(a: torch.Tensor, bt: torch.Tensor, s: torch.Tensor, wcol: torch.Tensor,
                    wrow: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """:func:`tc_radius` plus T[b, row, col] = sign(P[row, col]) wcol[b, col] wrow[b, row] (N, rows, cols)."""
+    """:func:`tc_radius` plus T[b, row, col] = sign(P[row, col]) wcol[b, col] wrow[b, row] (N, rows, cols),
+    rounded to TF32 (it is the TF32 input of :func:`tc_weight_grad`)."""
     return _launch(a, bt, s, wcol, wrow)
+
+
+def weight_grad_splits(tiles: int, C: int, target: int = 264) -> int:
+    """Sample splits of the weight-gradient kernel: about `target` programs (2 per SM of an H100),
+    at most one split per sample. Fixed for given sizes, so the result is deterministic."""
+    return max(1, min(C, -(-target // max(tiles, 1))))
+
+
+def tc_weight_grad(a: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """out[i, x] = sum_b [s[b, i] != 0] sum_t A[i, t] T[b, x, t] on tensor cores (TF32): the backward's
+    weight gradients (dW1 = tc_weight_grad(W2^T, T), dW2^T = tc_weight_grad(W1, T^T) for the T of
+    :func:`tc_radius_grad`).
+
+    A (h, tdim) and T (C, xdim, tdim) float32 (TF32-rounded by the caller), s (C, h); all contiguous.
+    Returns (h, xdim) float32. The samples are split over a fixed number of programs and the partial
+    sums added in a fixed order (deterministic)."""
+    if triton is None:
+        raise RuntimeError("etbkernels.triton_radius: Triton is not installed")
+    if a.dtype != torch.float32 or t.dtype != torch.float32 or s.dtype != torch.float32:
+        raise TypeError(f"tc_weight_grad: A, T and s must be float32, got {a.dtype}, {t.dtype}, {s.dtype}")
+    if t.dim() != 3 or s.dim() != 2 or a.dim() != 2:
+        raise ValueError("tc_weight_grad: A must be 2-D, T 3-D and s 2-D")
+    C, xdim, tdim = t.shape
+    h = a.shape[0]
+    if a.shape[1] != tdim or tuple(s.shape) != (C, h):
+        raise ValueError(f"tc_weight_grad: shapes do not match: A {tuple(a.shape)}, T {tuple(t.shape)}, "
+                         f"s {tuple(s.shape)}")
+    for name, x in (("A", a), ("T", t), ("s", s)):
+        if not x.is_contiguous():
+            raise ValueError(f"tc_weight_grad: {name} must be contiguous")
+    if C == 0 or h == 0 or xdim == 0 or tdim == 0:
+        return torch.zeros(h, xdim, device=a.device, dtype=torch.float32)
+    bi, bx, bt, warps, stages = weight_grad_tile()
+    tiles = triton.cdiv(h, bi) * triton.cdiv(xdim, bx)
+    per_split = -(-C // weight_grad_splits(tiles, C))
+    splits = -(-C // per_split)
+    part = torch.empty(splits, h, xdim, device=a.device, dtype=torch.float32)
+    _masked_weight_grad_kernel[(triton.cdiv(h, bi), triton.cdiv(xdim, bx), splits)](
+        a, t, s, part, h, tdim, xdim, C, per_split,
+        BI=bi, BX=bx, BT=bt, num_warps=warps, num_stages=stages)
+    return part.sum(0) if splits > 1 else part[0]
+
+
+def weight_grad_tile() -> Tuple[int, int, int, int, int]:
+    """(BI, BX, BT, num_warps, num_stages) of the weight-gradient kernel; ETBK_TRITON_WGRAD_TILE overrides it."""
+    env = os.environ.get("ETBK_TRITON_WGRAD_TILE", "").strip()
+    return _parse_tile("ETBK_TRITON_WGRAD_TILE", env) if env else (128, 256, 32, 8, 3)
 
 
 def register() -> bool:
@@ -186,4 +275,5 @@ def register() -> bool:
         return True
     torch.library.impl("etbkernels::tc_radius", "cuda")(tc_radius)
     torch.library.impl("etbkernels::tc_radius_grad", "cuda")(tc_radius_grad)
+    torch.library.impl("etbkernels::tc_weight_grad", "cuda")(tc_weight_grad)
     return True

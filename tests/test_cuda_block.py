@@ -18,6 +18,7 @@ import torch
 
 import etbkernels
 from etbkernels import ops, reference
+from etbkernels.testing import round_tf32
 
 # ETBK_TEST_DEVICE=cpu runs this file against the CPU kernels: a check of the test harness itself
 # (references, tolerances) on machines without a GPU. CUDA-only checks skip themselves there.
@@ -94,13 +95,6 @@ def radius_ref64(r, w1, w2, s):
     r, w1, w2, s = (t.double() for t in (r, w1, w2, s))
     P = (w2 * s[:, None, :]) @ w1
     return (P.abs() * r[:, None, :]).sum(-1)
-
-
-def round_tf32(x: torch.Tensor) -> torch.Tensor:
-    """fp32 -> tf32 (10-bit mantissa), round to nearest, ties away from zero (cvt.rna)."""
-    i = x.float().contiguous().view(torch.int32)
-    i = (i + 0x1000) & ~0x1FFF
-    return i.view(torch.float32)
 
 
 def radius_lowprec(r, w1, w2, s, path):
@@ -304,6 +298,22 @@ def test_backward_chunked_matches_unchunked(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
 
 
+@cuda_only
+def test_backward_chunked_matches_unchunked_tf32(monkeypatch):
+    """The TF32 backward (Triton where registered) with one sample per chunk (T is 1.1 MB per sample,
+    the budget 1 MB): the same gradients as in one chunk, up to the order of the fp32 sums."""
+    N, n, h, m = 9, 700, 47, 400
+    args = make_inputs(N, n, h, m, seed=4)
+    with matmul_precision("high"):
+        _, _, s = ops.etb_block(*args, None, False)
+        g_c, g_r = torch.randn(N, m, device=DEV), torch.rand(N, m, device=DEV)
+        big = ops.etb_block_backward(g_c, g_r, *args[:5], s, False)
+        monkeypatch.setenv("ETBK_CUDA_BWD_BUDGET_MB", "1")
+        small = ops.etb_block_backward(g_c, g_r, *args[:5], s, False)
+    for a, b in zip(big, small):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+
+
 # ---------------------------------------------------------------- IBP on CUDA
 @pytest.mark.parametrize("size", SIZES[:6], ids=lambda s: "x".join(map(str, s)))
 def test_ibp_cuda(size):
@@ -384,10 +394,16 @@ def test_errors_match_cpu():
 
 
 @cuda_only
-def test_extra_memory_is_not_N_m_n():
+@pytest.mark.parametrize("path", ["highest", "high"])
+def test_extra_memory_is_not_N_m_n(path):
     """Forward and backward never allocate anything of size N*m*n (P for all samples)."""
     N, n, h, m = 512, 1024, 256, 1024
     args = make_inputs(N, n, h, m, seed=3)
+    with matmul_precision(path):
+        _check_extra_memory(args, N, n, h, m)
+
+
+def _check_extra_memory(args, N, n, h, m):
     full_p = N * m * n * 4
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()

@@ -15,6 +15,7 @@ import torch
 
 pytest.importorskip("triton")
 from etbkernels import triton_radius  # noqa: E402  (after the skip: needs triton)
+from etbkernels.testing import round_tf32  # noqa: E402
 
 # tests/conftest.py sets TRITON_INTERPRET=1 on machines without a GPU (before triton is imported).
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -29,9 +30,11 @@ def tr():
 
 
 def make(N, rows, cols, h, seed=0, dtype=torch.float32):
+    """Operands as the C++ side passes them: TF32-rounded float32 (so the GPU's TF32 products are
+    exact and only fp32 accumulation differs from float64) or bfloat16."""
     g = torch.Generator().manual_seed(seed)
-    a = torch.randn(rows, h, generator=g)
-    bt = torch.randn(cols, h, generator=g)
+    a = round_tf32(torch.randn(rows, h, generator=g))
+    bt = round_tf32(torch.randn(cols, h, generator=g))
     s = (torch.rand(N, h, generator=g) < 0.6).float()
     s[0] = 1.0  # one sample with every unit active
     if N > 2:
@@ -61,9 +64,10 @@ def check(tr, a, bt, s, wcol, wrow):
     tol = 1e-5 * (1 + h) ** 0.5 * max(ref.abs().max().item(), 1.0)
     out, T = out.cpu(), T.cpu()
     assert (out.double() - ref).abs().max().item() <= tol
-    # T: exact up to fp32 rounding of wcol * wrow, except where P is ~0 and its sign may differ.
+    # T: sign(P) wcol wrow rounded to TF32 (relative 2^-11), except where P is ~0 and its sign may differ.
     clear = P.abs() > 1e-4 * (1 + h) ** 0.5
-    torch.testing.assert_close(T.double()[clear], ref_T[clear], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(T.double()[clear], ref_T[clear], rtol=2.0 ** -11, atol=1e-7)
+    assert torch.equal(T, round_tf32(T)), "T is not rounded to TF32"
     return out, T
 
 
@@ -147,6 +151,91 @@ def test_bad_input_is_refused(tr, monkeypatch):
 
 def test_default_tiles(tr):
     mod = tr
-    assert mod.default_tile(1024, 784, False) == (128, 128, 32, 8, 3)
+    assert mod.default_tile(1024, 784, False) == (128, 256, 32, 8, 3)
+    assert mod.default_tile(1024, 100, False) == (128, 128, 32, 8, 3)
     assert mod.default_tile(1024, 784, True)[2] == 64
-    assert mod.default_tile(10, 784, False)[:2] == (64, 128)
+    assert mod.default_tile(10, 784, False)[:2] == (64, 256)
+
+
+# ---------------------------------------------------------------- the weight-gradient kernel
+def weight_grad_reference(a, t, s):
+    """float64: out[i, x] = sum_b [s[b, i] != 0] sum_t A[i, t] T[b, x, t]."""
+    a, t, s = (x.double().cpu() for x in (a, t, s))
+    return ((a @ t.transpose(1, 2)) * (s != 0)[:, :, None]).sum(0)
+
+
+def make_wgrad(C, x, tdim, h, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = round_tf32(torch.randn(C, x, tdim, generator=g))
+    s = (torch.rand(C, h, generator=g) < 0.6).float()
+    if C > 1:
+        s[1] = 0.0
+    a = round_tf32(torch.randn(h, tdim, generator=g))
+    return a.to(DEV), t.to(DEV), s.to(DEV)
+
+
+def check_wgrad(tr, a, t, s):
+    out = tr.tc_weight_grad(a, t, s)
+    ref = weight_grad_reference(a, t, s)
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    C, _, tdim = t.shape
+    tol = 1e-5 * (1 + C * tdim) ** 0.5 * max(ref.abs().max().item(), 1.0)
+    assert (out.double().cpu() - ref).abs().max().item() <= tol
+    return out
+
+
+# (C, xdim, tdim, h): ones, primes, tile edges of 16, more samples than splits
+@pytest.mark.parametrize("size", [(1, 1, 1, 1), (3, 5, 7, 13), (7, 17, 33, 20), (2, 40, 31, 47), (20, 9, 11, 5)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_weight_grad_small_tiles_match_float64(tr, size, monkeypatch):
+    monkeypatch.setenv("ETBK_TRITON_WGRAD_TILE", "16,16,16,4,2")
+    check_wgrad(tr, *make_wgrad(*size))
+
+
+def test_weight_grad_default_tiles_and_splits(tr):
+    a, t, s = make_wgrad(9, 130, 70, 150, seed=2)
+    out = check_wgrad(tr, a, t, s)
+    assert tr.weight_grad_splits(tiles=4, C=9) == 9 and tr.weight_grad_splits(tiles=1000, C=9) == 1
+    assert torch.equal(out, tr.tc_weight_grad(a, t, s))  # deterministic
+
+
+def test_weight_grad_gives_the_block_gradients(tr, monkeypatch):
+    """dW1 = wg(W2^T, T) and dW2^T = wg(W1, T^T), as the CUDA backward calls them, equal autograd's."""
+    monkeypatch.setenv("ETBK_TRITON_WGRAD_TILE", "16,16,16,4,2")
+    g = torch.Generator().manual_seed(5)
+    N, n, h, m = 4, 9, 7, 6
+    w1, w2 = round_tf32(torch.randn(h, n, generator=g)), round_tf32(torch.randn(m, h, generator=g))
+    s = (torch.rand(N, h, generator=g) < 0.7).float()
+    r, G = torch.rand(N, n, generator=g), torch.randn(N, m, generator=g)
+    w1d, w2d = w1.double().requires_grad_(), w2.double().requires_grad_()
+    P = (w2d * s.double()[:, None, :]) @ w1d  # (N, m, n)
+    ((P.abs() * r.double()[:, None, :]).sum(-1) * G.double()).sum().backward()
+    T = round_tf32((P.detach().sign() * G.double()[:, :, None] * r.double()[:, None, :]).float())  # T[b, j, k]
+    Tk = T.transpose(1, 2).contiguous()  # T[b, k, j], the layout tc_radius_grad writes
+    dw1 = tr.tc_weight_grad(w2.t().contiguous().to(DEV), Tk.to(DEV), s.to(DEV))
+    dw2t = tr.tc_weight_grad(w1.to(DEV), T.to(DEV), s.to(DEV))
+    # T is rounded to TF32 (relative 2^-11 per term): tolerance of a few ulps of TF32 on the largest grad
+    for got, want in ((dw1.double().cpu(), w1d.grad), (dw2t.double().cpu().t(), w2d.grad)):
+        assert (got - want).abs().max().item() <= 2.0 ** -8 * want.abs().max().item()
+
+
+def test_weight_grad_masked_nan_does_not_leak(tr, monkeypatch):
+    monkeypatch.setenv("ETBK_TRITON_WGRAD_TILE", "16,16,16,4,2")
+    a, t, s = make_wgrad(3, 6, 5, 4)
+    s[:, 2] = 0.0  # unit 2 inactive in every sample: its NaN weights must not reach any output
+    a[2, 1] = float("nan")
+    out = tr.tc_weight_grad(a, t, s)
+    assert (out[2] == 0).all() and torch.isfinite(out).all()
+    s[0, 2] = 1.0
+    assert torch.isnan(tr.tc_weight_grad(a, t, s)[2]).any()
+
+
+def test_weight_grad_bad_input(tr):
+    a, t, s = make_wgrad(3, 6, 5, 4)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        tr.tc_weight_grad(a[:, :4].contiguous(), t, s)
+    with pytest.raises(TypeError, match="float32"):
+        tr.tc_weight_grad(a.double(), t, s)
+    with pytest.raises(ValueError, match="contiguous"):
+        tr.tc_weight_grad(a, t.transpose(1, 2).contiguous().transpose(1, 2), s)
+    assert tr.tc_weight_grad(a, t[:0], s[:0]).shape == (4, 6)

@@ -9,8 +9,9 @@
 //    O(N * h) index arrays, never O(N * m * n).
 //  - ibp_block / ibp_block_backward: the ATen composites of block_common.cpp (cuBLAS GEMMs).
 //  - TF32 / BF16: when etbkernels/triton_radius.py has registered the Triton tensor-core ops
-//    (tc_radius, tc_radius_grad: wgmma on Hopper), the forward radius and the backward's P / T /
-//    dr step run there; otherwise the mma.sync kernel and cuBLAS. ETBK_CUDA_TC=mma forces the latter.
+//    (tc_radius, tc_radius_grad, tc_weight_grad: wgmma on Hopper), the forward radius and the whole
+//    radius backward run there (radius_bwd_tc); otherwise the mma.sync kernel and the cuBLAS
+//    backward above. ETBK_CUDA_TC=mma forces the latter.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -83,6 +84,13 @@ at::Tensor tc_radius(const at::Tensor& a, const at::Tensor& bt, const at::Tensor
                              .findSchemaOrThrow("etbkernels::tc_radius", "")
                              .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
   return op.call(a, bt, s, wcol);
+}
+
+at::Tensor tc_weight_grad(const at::Tensor& a, const at::Tensor& t, const at::Tensor& s) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("etbkernels::tc_weight_grad", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  return op.call(a, t, s);
 }
 
 std::tuple<at::Tensor, at::Tensor> tc_radius_grad(const at::Tensor& a, const at::Tensor& bt, const at::Tensor& s,
@@ -168,6 +176,32 @@ int64_t bwd_budget_bytes() {
   return mb * 1024 * 1024;
 }
 
+// The TF32 / BF16 backward on the Triton kernels: per chunk of samples, T = sign(P) G r and dr from
+// one tensor-core kernel (P never stored; T is (C, n, m)), then dW1 and dW2^T from a second one
+// that contracts T (and its transpose, copied so both contractions read their K dim contiguously,
+// as TF32 wgmma needs) with W2^T / W1, each sample's mask a select on the weights. Extra memory:
+// T twice for one chunk (bounded by the same budget) and the per-split partial sums.
+void radius_bwd_tc(const at::Tensor& G, const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& S,
+                   const at::Tensor& R, at::Tensor& dr, at::Tensor& dw1, at::Tensor& dw2, RadiusPath path,
+                   int64_t budget, cudaStream_t stream) {
+  const int64_t N = R.size(0), n = w1.size(1), m = w2.size(0);
+  const at::Tensor a_t = tc_operand(w1.t(), path, stream), bt_t = tc_operand(w2, path, stream);
+  const at::Tensor w2t = tc_operand(w2.t(), RadiusPath::kTF32, stream);  // (h, m)
+  const at::Tensor w1r = tc_operand(w1, RadiusPath::kTF32, stream);      // (h, n)
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, budget / (8 * n * m)));
+  at::Tensor dw2t = at::zeros({w1.size(0), m}, w1.options());
+  for (int64_t b0 = 0; b0 < N; b0 += chunk) {
+    const int64_t C = std::min(chunk, N - b0);
+    const at::Tensor s_c = S.narrow(0, b0, C);
+    auto dr_t = tc_radius_grad(a_t, bt_t, s_c, G.narrow(0, b0, C), R.narrow(0, b0, C));
+    dr.narrow(0, b0, C).copy_(std::get<0>(dr_t));
+    const at::Tensor& T = std::get<1>(dr_t);                          // T[b, k, j]
+    dw1.add_(tc_weight_grad(w2t, T, s_c));                            // sum_j W2^T[i, j] T[b, k, j]
+    dw2t.add_(tc_weight_grad(w1r, T.transpose(1, 2).contiguous(), s_c));  // sum_k W1[i, k] T[b, k, j]
+  }
+  dw2.copy_(dw2t.t());
+}
+
 void radius_bwd_cuda(const at::Tensor& grad, const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& s,
                      const at::Tensor& r, at::Tensor& dr, at::Tensor& dw1, at::Tensor& dw2) {
   const c10::cuda::CUDAGuard guard(w1.device());
@@ -182,6 +216,12 @@ void radius_bwd_cuda(const at::Tensor& grad, const at::Tensor& w1, const at::Ten
     return;
   }
   const at::Tensor S = s.contiguous();
+  const RadiusPath path = w1.scalar_type() == at::kDouble ? RadiusPath::kFFMA : float_path();
+  if (use_triton(path, w1.device())) {
+    radius_bwd_tc(grad.contiguous(), w1, w2, S, r.contiguous(), dr, dw1, dw2, path, bwd_budget_bytes(),
+                  c10::cuda::getCurrentCUDAStream(w1.device().index()));
+    return;
+  }
   at::Tensor idx, pos, count;
   compact(S, idx, &pos, count);
   const at::Tensor count_cpu = count.to(at::kCPU);  // one sync: chunk sizes depend on the counts
@@ -198,16 +238,6 @@ void radius_bwd_cuda(const at::Tensor& grad, const at::Tensor& w1, const at::Ten
   const int64_t per_sample = elt * (2 * m * n + 2 * std::max<int64_t>(hmax_all, 1) * (m + n));
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, bwd_budget_bytes() / per_sample));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(w1.device().index());
-  // TF32 / BF16 with Triton: T and dr of a chunk come from one tensor-core kernel (P never
-  // stored). Its A = W1^T (n, h) and Bt = W2 (m, h): dr comes out as (C, n) and T as (C, n, m),
-  // used through its transpose (C, m, n) view (cuBLAS takes either layout).
-  const RadiusPath path = w1.scalar_type() == at::kDouble ? RadiusPath::kFFMA : float_path();
-  const bool tc = use_triton(path, w1.device());
-  at::Tensor tc_a, tc_bt;
-  if (tc) {
-    tc_a = tc_operand(w1.t(), path, stream);
-    tc_bt = tc_operand(w2, path, stream);
-  }
 
   for (int64_t b0 = 0; b0 < N; b0 += chunk) {
     const int64_t C = std::min(chunk, N - b0);
@@ -224,11 +254,7 @@ void radius_bwd_cuda(const at::Tensor& grad, const at::Tensor& w1, const at::Ten
     const at::Tensor g_c = G.narrow(0, b0, C);
     const at::Tensor r_c = R.narrow(0, b0, C);
     at::Tensor T;
-    if (tc) {
-      auto dr_t = tc_radius_grad(tc_a, tc_bt, S.narrow(0, b0, C), g_c, r_c);
-      dr.narrow(0, b0, C).copy_(std::get<0>(dr_t));
-      T = std::get<1>(dr_t).transpose(1, 2);  // sign(P) * G[j] * r[k], a (C, m, n) view
-    } else {
+    {
       at::Tensor P = at::bmm(wa2.transpose(1, 2), wa1);  // (C, m, n)
       T = P.sign();
       P.abs_();
