@@ -221,15 +221,19 @@ def main():
         print(f"bench_cuda: shape {N},{n},{h},{m} ...", flush=True)
         results.append(bench_shape(N, n, h, m, args.reps, do_naive=not args.no_naive))
         torch.cuda.empty_cache()
-    os.makedirs(args.out, exist_ok=True)
+    write_results(args.out, "gpu", {"meta": meta, "results": results}, markdown(meta, results))
+    return 0
+
+
+def write_results(out_dir: str, prefix: str, payload: dict, md: str) -> None:
+    """Writes <out_dir>/<prefix>_<UTC stamp>.{json,md} and prints the markdown."""
+    os.makedirs(out_dir, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    with open(os.path.join(args.out, f"gpu_{stamp}.json"), "w") as fh:
-        json.dump({"meta": meta, "results": results}, fh, indent=1)
-    md = markdown(meta, results)
-    with open(os.path.join(args.out, f"gpu_{stamp}.md"), "w") as fh:
+    with open(os.path.join(out_dir, f"{prefix}_{stamp}.json"), "w") as fh:
+        json.dump(payload, fh, indent=1)
+    with open(os.path.join(out_dir, f"{prefix}_{stamp}.md"), "w") as fh:
         fh.write(md)
     print(md)
-    return 0
 
 
 if __name__ == "__main__":

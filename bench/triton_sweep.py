@@ -19,7 +19,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from bench.bench_cuda import timed  # noqa: E402
+from bench.bench_cuda import timed, write_results  # noqa: E402
 
 TILES_TF32 = ["128,256,32,8,3", "128,128,32,8,3"]
 TILES_BF16 = ["128,256,64,8,3"]
@@ -110,10 +110,6 @@ def main():
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
             "triton": __import__("triton").__version__,
             "time": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"triton_sweep_{stamp}.json"), "w") as fh:
-        json.dump({"meta": meta, "rows": rows}, fh, indent=1)
     f = lambda x, d=2: "-" if x is None else f"{x:.{d}f}"  # noqa: E731
     lines = [f"# Triton radius tile sweep: {meta['device']} (torch {meta['torch']}, triton {meta['triton']})", "",
              "| N,n,h,m | dtype | BR,BC,BK,warps,stages | fwd ms | TF/s | bmm ms | fwd / bmm | T kernel (64 samples) ms "
@@ -124,10 +120,7 @@ def main():
                      f"| {f(r.get('fwd_tflops'), 0)} | {f(r['bmm_ms'])} | {f(r.get('fwd_ratio_vs_bmm'))} "
                      f"| {f(r.get('grad_chunk64_ms'))} | {f(r.get('dw1_ms'))} / {f(r.get('dw2_ms'))} "
                      f"({f(r.get('wgrad_tflops'), 0)}) {r.get('error', '')} |")
-    md = "\n".join(lines) + "\n"
-    with open(os.path.join(args.out, f"triton_sweep_{stamp}.md"), "w") as fh:
-        fh.write(md)
-    print(md)
+    write_results(args.out, "triton_sweep", {"meta": meta, "rows": rows}, "\n".join(lines) + "\n")
     return 0
 
 
