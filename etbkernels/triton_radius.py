@@ -4,11 +4,12 @@ Why Triton here: on Hopper the fast tensor-core instruction is ``wgmma`` (asynch
 in shared memory behind descriptors, fed by a multi-stage copy pipeline). Triton generates that
 code from a tile-level kernel and checks it; our hand-written ``mma.sync`` kernel
 (csrc/cuda/etb_radius_kernels.cu) stays the fallback when Triton is not installed and the exact
-fp32 path. The ops ``etbkernels::tc_radius`` / ``tc_radius_grad`` are declared in csrc/ops.cpp and
-implemented here for CUDA; the C++ CUDA kernels of ``etb_block`` / ``etb_block_backward`` call
-them through the dispatcher when they are registered (see csrc/cuda/etb_cuda.cpp).
+fp32 path. The ops ``etbkernels::tc_radius`` / ``tc_radius_grad`` / ``tc_weight_grad`` are declared
+in csrc/ops.cpp and implemented here for CUDA; the C++ CUDA kernels of ``etb_block`` /
+``etb_block_backward`` call them through the dispatcher when they are registered (see
+csrc/cuda/etb_cuda.cpp).
 
-One kernel serves both directions. For sample b, with P = A diag(s_b) Bt^T (never stored):
+``_abs_product_kernel`` serves both directions. For sample b, with P = A diag(s_b) Bt^T (never stored):
 
     out[b, row] = sum_col |P[row, col]| * wcol[b, col]
     T[b, row, col] = sign(P[row, col]) * wcol[b, col] * wrow[b, row]   (backward only)
@@ -23,8 +24,11 @@ TF32 ``wgmma`` requires; the mask is applied as a select on the A tile in regist
 multiply: a NaN weight of an inactive unit must not leak). Inactive units still cost flops here
 (the mma.sync kernel skips them); the all-active case, the benchmark's, is the same work.
 
-Tile sizes: ``ETBK_TRITON_TILE="BR,BC,BK,warps,stages"`` overrides the defaults (for the GPU
-sweep in bench/triton_sweep.py). ``TRITON_INTERPRET=1`` runs the kernel on CPU tensors (tests).
+``_masked_weight_grad_kernel`` then gives dW1 and dW2^T from T (see :func:`tc_weight_grad`).
+
+Tile sizes: ``ETBK_TRITON_TILE`` and ``ETBK_TRITON_WGRAD_TILE`` ("BR,BC,BK,warps,stages") override
+the defaults (for the GPU sweep in bench/triton_sweep.py). ``TRITON_INTERPRET=1`` runs the kernels
+on CPU tensors (the tests do so on machines without a GPU).
 """
 from __future__ import annotations
 
@@ -52,8 +56,9 @@ def default_tile(rows: int, cols: int, bf16: bool) -> Tuple[int, int, int, int, 
     env = os.environ.get("ETBK_TRITON_TILE", "").strip()
     if env:
         return _parse_tile("ETBK_TRITON_TILE", env)
-    # From bench/triton_sweep.py on an H100 (triton 3.6): 128 x 256 tiles were the fastest for both
-    # benchmark shapes, TF32 (0.79-0.84 of a TF32 bmm) and BF16; smaller problems get smaller tiles.
+    # From bench/triton_sweep.py on an H100 (triton 3.6; bench/results/triton_sweep_h100*.md): 128 x 256
+    # tiles were the fastest at both benchmark shapes, TF32 (0.80-0.81 of a TF32 bmm) and BF16, and
+    # for the backward's T kernel; smaller problems get smaller tiles.
     br = 64 if rows <= 64 else 128
     bc = 64 if cols <= 64 else (128 if cols <= 128 else 256)
     bk = 64 if bf16 else 32
@@ -183,6 +188,7 @@ def _launch(a, bt, s, wcol, wrow: Optional[torch.Tensor]):
     N, rows, cols, h = _check(a, bt, s, wcol, wrow)
     out = torch.empty(N, rows, device=a.device, dtype=torch.float32)
     write_t = wrow is not None
+    # without T, the kernel's (unused) T and wrow pointers are given any valid tensor
     t = torch.empty(N, rows, cols, device=a.device, dtype=torch.float32) if write_t else out
     if N == 0 or rows == 0:
         return out, t
@@ -266,7 +272,8 @@ def weight_grad_tile() -> Tuple[int, int, int, int, int]:
 
 
 def register() -> bool:
-    """Registers tc_radius / tc_radius_grad as the CUDA kernels of the etbkernels ops of that name.
+    """Registers tc_radius / tc_radius_grad / tc_weight_grad as the CUDA kernels of the etbkernels ops
+    of those names.
 
     Returns False (and registers nothing) without Triton or without the ops (a CPU build)."""
     if triton is None or not torch._C._dispatch_has_kernel_for_dispatch_key("etbkernels::etb_block", "CUDA"):
