@@ -66,6 +66,33 @@ def test_row_groups_and_chunks_agree(images, monkeypatch):
         torch.testing.assert_close(a.upper, c.upper, rtol=0, atol=1e-13)
 
 
+def test_default_chunk_with_gradients(monkeypatch):
+    """With a graph, the default chunk comes from the graph's size: a small byte budget makes it
+    2 samples for a batch of 5. Bounds and input gradients equal one whole-batch chunk's."""
+    from etbkernels.network import api
+
+    model = CASES[1][1]()
+    x0 = torch.rand(5, 2, 7, 7, dtype=torch.float64)
+    per_sample = crown_full.graph_numel_per_sample(parse_model(model, (2, 7, 7), x0)) * 8
+    monkeypatch.setattr(api, "DEFAULT_CHUNK_BYTES", 2 * per_sample)
+    calls = []
+    real = api._chunked
+    monkeypatch.setattr(api, "_chunked", lambda run, N, chunk, *a: calls.append(chunk) or real(run, N, chunk, *a))
+
+    def grads(chunk_size):
+        x = x0.clone().requires_grad_()
+        b = bounds(model, x, 0.05, method="crown", chunk_size=chunk_size)
+        (b.upper - b.lower).sum().backward()
+        return b, x.grad
+
+    (got, g_got), (want, g_want) = grads(None), grads(5)
+    assert calls == [2, 5]
+    torch.testing.assert_close(got.lower, want.lower, rtol=0, atol=1e-13)
+    torch.testing.assert_close(got.upper, want.upper, rtol=0, atol=1e-13)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-12, atol=1e-13)
+    assert g_got.abs().sum() > 0
+
+
 def test_neuron_groups_cover_each_neuron_once():
     """The dense-net group rule, with a budget of a few rows: each neuron's bound is computed once
     and in its place (a group that skipped or repeated a neuron would misplace the rest)."""
