@@ -286,32 +286,23 @@ def test_backward_vs_reference_autograd(size, path):
 
 
 @cuda_only
-def test_backward_chunked_matches_unchunked(monkeypatch):
-    """A tiny memory budget forces one sample per chunk: same result as one big chunk (float64)."""
-    args = make_inputs(23, 61, 47, 29, dtype=torch.float64)
-    _, _, s = ops.etb_block(*args, None, False)
-    g_c, g_r = torch.randn(23, 29, device=DEV, dtype=torch.float64), torch.rand(23, 29, device=DEV, dtype=torch.float64)
-    big = ops.etb_block_backward(g_c, g_r, *args[:5], s, False)
-    monkeypatch.setenv("ETBK_CUDA_BWD_BUDGET_MB", "1")
-    small = ops.etb_block_backward(g_c, g_r, *args[:5], s, False)
-    for a, b in zip(big, small):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
-
-
-@cuda_only
-def test_backward_chunked_matches_unchunked_tf32(monkeypatch):
-    """The TF32 backward (Triton where registered) with one sample per chunk (T is 1.1 MB per sample,
-    the budget 1 MB): the same gradients as in one chunk, up to the order of the fp32 sums."""
-    N, n, h, m = 9, 700, 47, 400
-    args = make_inputs(N, n, h, m, seed=4)
-    with matmul_precision("high"):
+@pytest.mark.parametrize("path, dtype, size, rtol", [
+    ("highest", torch.float64, (23, 61, 47, 29), 1e-12),  # the cuBLAS backward, one sample per chunk
+    ("high", torch.float32, (9, 700, 47, 400), 1e-5),     # TF32 (Triton where registered): T is 1.1 MB a sample
+])
+def test_backward_chunked_matches_unchunked(path, dtype, size, rtol, monkeypatch):
+    """A 1 MB memory budget forces one sample per chunk: the same gradients as one big chunk (up to
+    the order of the sums)."""
+    N, n, h, m = size
+    args = make_inputs(*size, dtype=dtype, seed=4)
+    with matmul_precision(path):
         _, _, s = ops.etb_block(*args, None, False)
-        g_c, g_r = torch.randn(N, m, device=DEV), torch.rand(N, m, device=DEV)
+        g_c, g_r = torch.randn(N, m, device=DEV, dtype=dtype), torch.rand(N, m, device=DEV, dtype=dtype)
         big = ops.etb_block_backward(g_c, g_r, *args[:5], s, False)
         monkeypatch.setenv("ETBK_CUDA_BWD_BUDGET_MB", "1")
         small = ops.etb_block_backward(g_c, g_r, *args[:5], s, False)
     for a, b in zip(big, small):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+        torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * b.abs().max().item())
 
 
 # ---------------------------------------------------------------- IBP on CUDA
@@ -362,6 +353,9 @@ def test_opcheck_tensor_core_ops(dtype):
     s, wcol, wrow = s.to(DEV), wcol.to(DEV), wrow.to(DEV)
     torch.library.opcheck(ops.tc_radius.default, (a, bt, s, wcol))
     torch.library.opcheck(ops.tc_radius_grad.default, (a, bt, s, wcol, wrow))
+    if dtype == torch.float32:  # the weight-gradient op takes TF32 operands only
+        t = torch.randn(5, 7, 13, generator=g).to(DEV)
+        torch.library.opcheck(ops.tc_weight_grad.default, (bt.t().contiguous(), t, s))
 
 
 def test_public_wrappers_on_cuda():

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
-from etbkernels import triton_radius  # noqa: E402  (after the skip: needs triton)
+from etbkernels import triton_radius as tr  # noqa: E402  (after the skip: needs triton)
 from etbkernels.testing import round_tf32  # noqa: E402
 
 # tests/conftest.py sets TRITON_INTERPRET=1 on machines without a GPU (before triton is imported).
@@ -22,11 +22,6 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEV = "cpu" if INTERPRET else "cuda"
 if not INTERPRET and not torch.cuda.is_available():
     pytest.skip("needs a GPU, or TRITON_INTERPRET=1 from the start", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def tr():
-    return triton_radius
 
 
 def make(N, rows, cols, h, seed=0, dtype=torch.float32):
@@ -53,7 +48,7 @@ def reference(a, bt, s, wcol, wrow):
     return out, T, P
 
 
-def check(tr, a, bt, s, wcol, wrow):
+def check(a, bt, s, wcol, wrow):
     out = tr.tc_radius(a, bt, s, wcol)
     out2, T = tr.tc_radius_grad(a, bt, s, wcol, wrow)
     ref, ref_T, P = reference(a, bt, s, wcol, wrow)
@@ -76,18 +71,18 @@ SMALL_TILE_SIZES = [(1, 1, 1, 1), (3, 5, 7, 13), (1, 16, 16, 16), (4, 17, 33, 31
 
 
 @pytest.mark.parametrize("size", SMALL_TILE_SIZES, ids=lambda s: "x".join(map(str, s)))
-def test_small_tiles_match_float64(tr, size, monkeypatch):
+def test_small_tiles_match_float64(size, monkeypatch):
     monkeypatch.setenv("ETBK_TRITON_TILE", "16,16,16,4,2")
-    check(tr, *make(*size))
+    check(*make(*size))
 
 
 @pytest.mark.parametrize("size", [(2, 129, 67, 33), (3, 64, 200, 70), (1, 130, 129, 65)],
                          ids=lambda s: "x".join(map(str, s)))
-def test_default_tiles_match_float64(tr, size):
-    check(tr, *make(*size, seed=1))
+def test_default_tiles_match_float64(size):
+    check(*make(*size, seed=1))
 
 
-def test_sample_without_active_units_gives_zero_even_with_infinite_weight(tr, monkeypatch):
+def test_sample_without_active_units_gives_zero_even_with_infinite_weight(monkeypatch):
     monkeypatch.setenv("ETBK_TRITON_TILE", "16,16,16,4,2")
     a, bt, s, wcol, wrow = make(3, 20, 18, 9)
     wcol[1, 3] = float("inf")  # sample 1 has no active unit: P = 0, its output must not depend on wcol
@@ -95,7 +90,7 @@ def test_sample_without_active_units_gives_zero_even_with_infinite_weight(tr, mo
     assert (out[1] == 0).all() and torch.isfinite(out[0]).all()
 
 
-def test_nan_weight_of_inactive_unit_does_not_leak(tr, monkeypatch):
+def test_nan_weight_of_inactive_unit_does_not_leak(monkeypatch):
     monkeypatch.setenv("ETBK_TRITON_TILE", "16,16,16,4,2")
     a, bt, s, wcol, wrow = make(3, 20, 18, 9)
     s[2] = 1.0
@@ -113,14 +108,14 @@ def test_nan_weight_of_inactive_unit_does_not_leak(tr, monkeypatch):
 
 @pytest.mark.skipif(INTERPRET, reason="Triton 3.9's interpreter gets bf16 dots wrong (a plain 16x16 bf16 tl.dot "
                                        "is off by ~1e10 there); runs compiled on a GPU")
-def test_bfloat16_operands(tr, monkeypatch):
+def test_bfloat16_operands(monkeypatch):
     monkeypatch.setenv("ETBK_TRITON_TILE", "16,16,16,4,2")
     a, bt, s, wcol, wrow = make(4, 23, 19, 37, dtype=torch.bfloat16)
-    out, _ = check(tr, a, bt, s, wcol, wrow)  # reference from the same bf16 values, in float64
+    out, _ = check(a, bt, s, wcol, wrow)  # reference from the same bf16 values, in float64
     assert out.abs().sum() > 0
 
 
-def test_empty_and_degenerate_shapes(tr):
+def test_empty_and_degenerate_shapes():
     a, bt, s, wcol, wrow = make(3, 5, 4, 6)
     assert tr.tc_radius(a, bt, s[:0], wcol[:0]).shape == (0, 5)
     z = tr.tc_radius(a[:, :0].contiguous(), bt[:, :0].contiguous(), s[:, :0].contiguous(), wcol)
@@ -129,7 +124,7 @@ def test_empty_and_degenerate_shapes(tr):
     assert (out == 0).all() and T.shape == (3, 5, 0)
 
 
-def test_bad_input_is_refused(tr, monkeypatch):
+def test_bad_input_is_refused(monkeypatch):
     a, bt, s, wcol, wrow = make(3, 5, 4, 6)
     with pytest.raises(TypeError, match="float32 or bfloat16"):
         tr.tc_radius(a.double(), bt.double(), s, wcol)
@@ -149,12 +144,11 @@ def test_bad_input_is_refused(tr, monkeypatch):
         tr.tc_radius(a, bt, s, wcol)
 
 
-def test_default_tiles(tr):
-    mod = tr
-    assert mod.default_tile(1024, 784, False) == (128, 256, 32, 8, 3)
-    assert mod.default_tile(1024, 100, False) == (128, 128, 32, 8, 3)
-    assert mod.default_tile(1024, 784, True)[2] == 64
-    assert mod.default_tile(10, 784, False)[:2] == (64, 256)
+def test_default_tiles():
+    assert tr.default_tile(1024, 784, False) == (128, 256, 32, 8, 3)
+    assert tr.default_tile(1024, 100, False) == (128, 128, 32, 8, 3)
+    assert tr.default_tile(1024, 784, True)[2] == 64
+    assert tr.default_tile(10, 784, False)[:2] == (64, 256)
 
 
 # ---------------------------------------------------------------- the weight-gradient kernel
@@ -174,7 +168,7 @@ def make_wgrad(C, x, tdim, h, seed=0):
     return a.to(DEV), t.to(DEV), s.to(DEV)
 
 
-def check_wgrad(tr, a, t, s):
+def check_wgrad(a, t, s):
     out = tr.tc_weight_grad(a, t, s)
     ref = weight_grad_reference(a, t, s)
     assert out.shape == ref.shape and torch.isfinite(out).all()
@@ -187,19 +181,19 @@ def check_wgrad(tr, a, t, s):
 # (C, xdim, tdim, h): ones, primes, tile edges of 16, more samples than splits
 @pytest.mark.parametrize("size", [(1, 1, 1, 1), (3, 5, 7, 13), (7, 17, 33, 20), (2, 40, 31, 47), (20, 9, 11, 5)],
                          ids=lambda s: "x".join(map(str, s)))
-def test_weight_grad_small_tiles_match_float64(tr, size, monkeypatch):
+def test_weight_grad_small_tiles_match_float64(size, monkeypatch):
     monkeypatch.setenv("ETBK_TRITON_WGRAD_TILE", "16,16,16,4,2")
-    check_wgrad(tr, *make_wgrad(*size))
+    check_wgrad(*make_wgrad(*size))
 
 
-def test_weight_grad_default_tiles_and_splits(tr):
+def test_weight_grad_default_tiles_and_splits():
     a, t, s = make_wgrad(9, 130, 70, 150, seed=2)
-    out = check_wgrad(tr, a, t, s)
+    out = check_wgrad(a, t, s)
     assert tr.weight_grad_splits(tiles=4, C=9) == 9 and tr.weight_grad_splits(tiles=1000, C=9) == 1
     assert torch.equal(out, tr.tc_weight_grad(a, t, s))  # deterministic
 
 
-def test_weight_grad_gives_the_block_gradients(tr, monkeypatch):
+def test_weight_grad_gives_the_block_gradients(monkeypatch):
     """dW1 = wg(W2^T, T) and dW2^T = wg(W1, T^T), as the CUDA backward calls them, equal autograd's."""
     monkeypatch.setenv("ETBK_TRITON_WGRAD_TILE", "16,16,16,4,2")
     g = torch.Generator().manual_seed(5)
@@ -219,7 +213,7 @@ def test_weight_grad_gives_the_block_gradients(tr, monkeypatch):
         assert (got - want).abs().max().item() <= 2.0 ** -8 * want.abs().max().item()
 
 
-def test_weight_grad_masked_nan_does_not_leak(tr, monkeypatch):
+def test_weight_grad_masked_nan_does_not_leak(monkeypatch):
     monkeypatch.setenv("ETBK_TRITON_WGRAD_TILE", "16,16,16,4,2")
     a, t, s = make_wgrad(3, 6, 5, 4)
     s[:, 2] = 0.0  # unit 2 inactive in every sample: its NaN weights must not reach any output
@@ -230,7 +224,7 @@ def test_weight_grad_masked_nan_does_not_leak(tr, monkeypatch):
     assert torch.isnan(tr.tc_weight_grad(a, t, s)[2]).any()
 
 
-def test_weight_grad_bad_input(tr):
+def test_weight_grad_bad_input():
     a, t, s = make_wgrad(3, 6, 5, 4)
     with pytest.raises(ValueError, match="shapes do not match"):
         tr.tc_weight_grad(a[:, :4].contiguous(), t, s)

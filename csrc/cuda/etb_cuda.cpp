@@ -259,8 +259,8 @@ void radius_bwd_cuda(const at::Tensor& grad, const at::Tensor& w1, const at::Ten
       T = P.sign();
       P.abs_();
       dr.narrow(0, b0, C).copy_(at::bmm(g_c.unsqueeze(1), P).squeeze(1));  // dr[b,k] = sum_j G |P|
-      T.mul_(g_c.unsqueeze(2)).mul_(r_c.unsqueeze(1));  // T = sign(P) * G[j] * r[k]
     }
+    T.mul_(g_c.unsqueeze(2)).mul_(r_c.unsqueeze(1));  // T = sign(P) * G[j] * r[k]
     const at::Tensor pos_c = pos.narrow(0, b0, C);   // (C, h), rows contiguous
     {
       // dW2[j, i] += sum_b s_b[i] (T_b W1^T)[j, i]  ->  U_b = W1[act] T_b^T, rows per active unit.
