@@ -6,7 +6,9 @@ For each shape (N, n, h, m) it times, with CUDA events (median of several runs, 
   - the naive reference (etbkernels.reference.etb_block_ref: materializes P for all samples),
   - a chunked cuBLAS + epilogue baseline (bmm per chunk of samples, then |P| r reduced),
   - the backward (torch.ops.etbkernels.etb_block_backward) and its ratio to the forward,
-  - the peak extra device memory of forward and backward, vs N*m*n*4 bytes (one P for all samples).
+  - the peak extra device memory of forward and backward, vs N*m*n*4 bytes (one P for all samples),
+  - the variants that are not the default yet (VARIANTS), each with the default's baselines, so one
+    GPU run can decide whether to switch.
 The mask is all-ones (every hidden unit active) so the fused kernel does exactly 2 N m n h flops,
 the same as the bmm; a second row per shape uses the natural ETB mask (fewer active units).
 Writes bench/results/gpu_<stamp>.json and .md and prints the markdown table last.
@@ -14,6 +16,7 @@ Writes bench/results/gpu_<stamp>.json and .md and prints the markdown table last
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -26,6 +29,32 @@ import etbkernels
 from etbkernels import ops, reference
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# Kernel variants behind environment switches, not the default until a GPU run shows them faster:
+# the exact-fp32 forward on the Triton kernel (FMA products), and the Triton TF32 backward with T
+# stored in both layouts by its kernel and / or wave-sized weight-gradient splits.
+VARIANTS = {
+    "ffma_triton": {"ETBK_CUDA_FFMA": "triton"},
+    "dual": {"ETBK_TRITON_T_LAYOUT": "dual"},
+    "waves": {"ETBK_TRITON_SPLITS": "waves"},
+    "dual_waves": {"ETBK_TRITON_T_LAYOUT": "dual", "ETBK_TRITON_SPLITS": "waves"},
+}
+
+
+@contextlib.contextmanager
+def env(variables: dict):
+    """Sets environment variables for the block (the C++ side reads them on every call)."""
+    old = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def timed(fn, reps: int, warmup: int = 2) -> float:
@@ -136,6 +165,17 @@ def bench_shape(N, n, h, m, reps, do_naive=True):
     res["bwd_high_mma_ms"] = timed(lambda: ops.etb_block_backward(g_c, g_r, c, r, w1, b1, w2, s, False),
                                    max(2, reps // 2))
     os.environ.pop("ETBK_CUDA_TC")
+    # the variants (VARIANTS), next to the default's figures above
+    set_precision("highest")
+    with env(VARIANTS["ffma_triton"]):
+        res["fused_fwd_highest_triton_ms"] = timed(fused(ones), reps)
+    set_precision("high")
+    s = ops.etb_block(c, r, w1, b1, w2, b2, ones, False)[2]
+    for name in ("dual", "waves", "dual_waves"):
+        with env(VARIANTS[name]):
+            res[f"bwd_high_{name}_ms"] = timed(lambda: ops.etb_block_backward(g_c, g_r, c, r, w1, b1, w2, s, False),
+                                               max(2, reps // 2))
+        res[f"bwd_over_fwd_high_{name}"] = res[f"bwd_high_{name}_ms"] / res["fused_fwd_high_ms"]
     set_precision("high")
     res["fwd_peak_extra_MiB"] = peak_extra(fused(ones)) / 2**20
     s = ops.etb_block(c, r, w1, b1, w2, b2, ones, False)[2]
@@ -173,6 +213,21 @@ def verdicts(res):
     return v
 
 
+def variant_verdicts(res):
+    """The targets the variants address, as they would read with each variant as the default."""
+    if "fused_fwd_highest_triton_ms" not in res:
+        return {}
+    ok = lambda b: "PASS" if b else "FAIL"  # noqa: E731
+    fp32 = res["fused_fwd_highest_triton_ms"]
+    v = {"fp32 (Triton exact) >= 60% of bmm": ok(res["bmm_fp32_ms"] / fp32 >= 0.6),
+         "fp32 (Triton exact) faster than chunked cuBLAS": ok(fp32 < res["chunked_cublas_fp32_ms"])}
+    if res.get("naive_ref_fp32_ms") is not None:
+        v["fp32 (Triton exact) faster than naive ref"] = ok(fp32 < res["naive_ref_fp32_ms"])
+    for name in ("dual", "waves", "dual_waves"):
+        v[f"tf32 bwd ({name}) <= 3.5x fwd"] = ok(res[f"bwd_over_fwd_high_{name}"] <= 3.5)
+    return v
+
+
 def markdown(meta, results):
     lines = [f"# etbkernels CUDA benchmark: {meta['device']}", "",
              f"torch {meta['torch']}, CUDA {meta['cuda']}, {meta['time']}; ms = median CUDA-event time; "
@@ -200,6 +255,21 @@ def markdown(meta, results):
     for r in results:
         v = verdicts(r)
         lines.append(f"- {','.join(map(str, r['shape']))}: " + "; ".join(f"{k}: {x}" for k, x in v.items()))
+    if results and "fused_fwd_highest_triton_ms" in results[0]:
+        hdr = ("| N,n,h,m | fp32 fwd ms: FFMA kernel / Triton exact | Triton exact vs bmm fp32 | chunked / naive fp32 ms "
+               "| TF32 bwd ms (bwd/fwd): default | T both layouts | wave splits | both |")
+        lines += ["", "Variants, not the default yet (bench_cuda.VARIANTS):", "", hdr, "|" + "---|" * (hdr.count("|") - 1)]
+        for r in results:
+            bw = lambda k: f"{f(r[f'bwd_high{k}_ms'])} ({f(r[f'bwd_over_fwd_high{k}'])})"  # noqa: E731
+            lines.append(
+                f"| {','.join(map(str, r['shape']))} | {f(r['fused_fwd_highest_ms'])} / {f(r['fused_fwd_highest_triton_ms'])} "
+                f"| {f(r['bmm_fp32_ms'] / r['fused_fwd_highest_triton_ms'])} "
+                f"| {f(r['chunked_cublas_fp32_ms'])} / {f(r.get('naive_ref_fp32_ms'))} "
+                f"| {bw('')} | {bw('_dual')} | {bw('_waves')} | {bw('_dual_waves')} |")
+        lines += ["", "Targets with each variant as the default:", ""]
+        for r in results:
+            v = variant_verdicts(r)
+            lines.append(f"- {','.join(map(str, r['shape']))}: " + "; ".join(f"{k}: {x}" for k, x in v.items()))
     return "\n".join(lines) + "\n"
 
 

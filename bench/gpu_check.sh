@@ -8,8 +8,9 @@
 #   2. ptxas register / spill report of the kernels (nvcc -Xptxas -v on the torch-free .cu)
 #   3. the CUDA tests (tests/test_cuda_block.py, including the > 2^31-element case, then the CUDA
 #      cases of the rest of the suite)
-#   4. bench/bench_cuda.py at (256,784,1024,1024) and (256,3072,1024,1024), then the tile sweep of
-#      the Triton kernels (bench/triton_sweep.py)
+#   4. bench/bench_cuda.py at (256,784,1024,1024) and (256,3072,1024,1024) (with the kernel variants
+#      that are not the default yet), then the tile sweep of the Triton kernels (bench/triton_sweep.py)
+#      and their register / spill report with this machine's Triton (bench/triton_compile_report.py)
 #   5. compute-sanitizer memcheck, racecheck, synccheck and initcheck on bench/sanitize_case.py
 # and prints a short table last. Logs and results go to bench/results/ (and to $OUT if set).
 set -u
@@ -85,6 +86,8 @@ step tests 150 env ETBK_TEST_HUGE=1 $PY -m pytest -q $XDIST --maxfail=25 --durat
 step bench 100 $PY bench/bench_cuda.py --reps 6
 # 4b. tile sweep of the Triton tensor-core kernels (the defaults of triton_radius.default_tile)
 step triton_sweep 120 $PY bench/triton_sweep.py
+# 4c. registers / spills of every Triton kernel variant with this machine's Triton (CI reports its own)
+step triton_regs 60 $PY bench/triton_compile_report.py --cols 3072
 
 
 # 5. sanitizers on a small case (no caching allocator: every allocation is its own cudaMalloc)
@@ -116,6 +119,7 @@ SWEEP_MD=$(ls -t "$RES"/triton_sweep_*.md 2>/dev/null | head -n 1)
   echo
   echo "==================== etbkernels gpu_check ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1), ${TOTAL}s) ===================="
   grep -E "regs" "$LOGDIR/ptxas.log" 2>/dev/null | head -n 12
+  grep -E "regs|variants OK" "$LOGDIR/triton_regs.log" 2>/dev/null | head -n 12
   echo
   printf '%s\n' "${SUMMARY[@]}"
   echo

@@ -34,9 +34,12 @@ TORCH_LIBRARY(etbkernels, m) {
   // Tensor-core helpers of the CUDA kernels above, implemented in Triton (etbkernels/triton_radius.py,
   // registered for CUDA from Python when Triton is installed). For each sample b, with
   // P = a diag(s_b) bt^T: out[b, row] = sum_col |P[row, col]| wcol[b, col]; the _grad form also
-  // returns T[b, row, col] = sign(P[row, col]) wcol[b, col] wrow[b, row].
-  m.def("tc_radius(Tensor a, Tensor bt, Tensor s, Tensor wcol) -> Tensor");
-  m.def("tc_radius_grad(Tensor a, Tensor bt, Tensor s, Tensor wcol, Tensor wrow) -> (Tensor, Tensor)");
+  // returns T[b, row, col] = sign(P[row, col]) wcol[b, col] wrow[b, row], and with both_layouts the
+  // same T as (N, cols, rows) (else an empty tensor). exact: fp32 FMA products instead of TF32.
+  m.def("tc_radius(Tensor a, Tensor bt, Tensor s, Tensor wcol, bool exact=False) -> Tensor");
+  m.def(
+      "tc_radius_grad(Tensor a, Tensor bt, Tensor s, Tensor wcol, Tensor wrow, bool both_layouts=False) "
+      "-> (Tensor, Tensor, Tensor)");
   // out[i, x] = sum_b [s[b, i] != 0] sum_t a[i, t] t[b, x, t]: (h, xdim) for t (C, xdim, tdim).
   m.def("tc_weight_grad(Tensor a, Tensor t, Tensor s) -> Tensor");
 }

@@ -37,14 +37,15 @@ def _ibp_block_backward_fake(grad_center, grad_radius, center, radius, w1, b1, w
 
 
 @torch.library.register_fake("etbkernels::tc_radius")
-def _tc_radius_fake(a, bt, s, wcol):
+def _tc_radius_fake(a, bt, s, wcol, exact=False):
     return wcol.new_empty(s.shape[0], a.shape[0])
 
 
 @torch.library.register_fake("etbkernels::tc_radius_grad")
-def _tc_radius_grad_fake(a, bt, s, wcol, wrow):
+def _tc_radius_grad_fake(a, bt, s, wcol, wrow, both_layouts=False):
     N, rows, cols = s.shape[0], a.shape[0], bt.shape[0]
-    return wcol.new_empty(N, rows), wcol.new_empty(N, rows, cols)
+    t2 = wcol.new_empty(N, cols, rows) if both_layouts else wcol.new_empty(0)
+    return wcol.new_empty(N, rows), wcol.new_empty(N, rows, cols), t2
 
 
 @torch.library.register_fake("etbkernels::tc_weight_grad")

@@ -29,6 +29,13 @@ multiply: a NaN weight of an inactive unit must not leak). Inactive units still 
 Tile sizes: ``ETBK_TRITON_TILE`` and ``ETBK_TRITON_WGRAD_TILE`` ("BR,BC,BK,warps,stages") override
 the defaults (for the GPU sweep in bench/triton_sweep.py). ``TRITON_INTERPRET=1`` runs the kernels
 on CPU tensors (the tests do so on machines without a GPU).
+
+Variants that are compiled and tested (interpreter) but not yet run on a GPU, so not the default:
+``tc_radius(..., exact=True)`` (exact fp32 FMA products; ``ETBK_CUDA_FFMA=triton`` routes the
+"highest" forward here), ``tc_radius_grad(..., both_layouts=True)`` (the T kernel also stores T
+transposed; ``ETBK_TRITON_T_LAYOUT=dual``) and wave-sized weight-gradient splits
+(``ETBK_TRITON_SPLITS=waves``). bench/bench_cuda.py and bench/triton_sweep.py time each against the
+default in the same run.
 """
 from __future__ import annotations
 
@@ -80,10 +87,10 @@ def _parse_tile(var: str, env: str) -> Tuple[int, int, int, int, int]:
 if triton is not None:
 
     @triton.jit
-    def _abs_product_kernel(a_ptr, bt_ptr, s_ptr, wcol_ptr, out_ptr, wrow_ptr, t_ptr,
+    def _abs_product_kernel(a_ptr, bt_ptr, s_ptr, wcol_ptr, out_ptr, wrow_ptr, t_ptr, tt_ptr,
                             rows, cols, h,
                             BR: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-                            WRITE_T: tl.constexpr, TF32: tl.constexpr):
+                            WRITE_T: tl.constexpr, WRITE_TT: tl.constexpr, PRECISION: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
         rr = tl.program_id(1) * BR + tl.arange(0, BR)
         ri = tl.arange(0, BK)
@@ -112,10 +119,8 @@ if triton is not None:
                 a = tl.where(sv[None, :] != 0, a, tl.zeros_like(a))
                 bt = tl.load(bt_ptr + cc[None, :].to(tl.int64) * h + ii[:, None],
                              mask=col_ok[None, :] & i_ok[:, None], other=0.0)
-                if TF32:
-                    acc = tl.dot(a, bt, acc, input_precision="tf32")
-                else:
-                    acc = tl.dot(a, bt, acc)
+                # "tf32" / "ieee" (exact fp32 FMA) for float32 operands; bfloat16 ignores it
+                acc = tl.dot(a, bt, acc, input_precision=PRECISION)
             wcol = tl.load(wcol_ptr + b * cols + cc, mask=col_ok, other=0.0)
             total += tl.sum(tl.abs(acc) * wcol[None, :], axis=1)
             if WRITE_T:
@@ -127,6 +132,9 @@ if triton is not None:
                 t = ((t_bits + 0x1000) & -8192).to(tl.float32, bitcast=True)
                 t_off = b * rows * cols + rr[:, None].to(tl.int64) * cols + cc[None, :]
                 tl.store(t_ptr + t_off, t, mask=row_ok[:, None] & col_ok[None, :])
+                if WRITE_TT:  # the same tile in the (cols, rows) layout: no transposed copy of T later
+                    tt_off = b * rows * cols + cc[None, :].to(tl.int64) * rows + rr[:, None]
+                    tl.store(tt_ptr + tt_off, t, mask=row_ok[:, None] & col_ok[None, :])
         total = tl.where(tl.sum(n_active, axis=0) > 0, total, tl.zeros_like(total))
         tl.store(out_ptr + b * rows + rr, total, mask=row_ok)
 
@@ -184,50 +192,106 @@ def _check(a, bt, s, wcol, wrow=None):
     return N, rows, cols, h
 
 
-def _launch(a, bt, s, wcol, wrow: Optional[torch.Tensor]):
+def _launch(a, bt, s, wcol, wrow: Optional[torch.Tensor], both_layouts: bool = False, exact: bool = False):
     N, rows, cols, h = _check(a, bt, s, wcol, wrow)
+    if exact and a.dtype != torch.float32:
+        raise TypeError(f"tc_radius: exact=True needs float32 operands, got {a.dtype}")
     out = torch.empty(N, rows, device=a.device, dtype=torch.float32)
     write_t = wrow is not None
+    write_tt = write_t and both_layouts
     # without T, the kernel's (unused) T and wrow pointers are given any valid tensor
     t = torch.empty(N, rows, cols, device=a.device, dtype=torch.float32) if write_t else out
+    tt = torch.empty(N, cols, rows, device=a.device, dtype=torch.float32) if write_tt else out.new_empty(0)
     if N == 0 or rows == 0:
-        return out, t
+        return out, t, tt
     if cols == 0 or h == 0:
         out.zero_()
         if write_t:
             t.zero_()
-        return out, t
+        return out, t, tt
     br, bc, bk, warps, stages = default_tile(rows, cols, a.dtype == torch.bfloat16)
     row_tiles = triton.cdiv(rows, br)
     if row_tiles > MAX_ROW_TILES:
         raise ValueError(f"tc_radius: at most {MAX_ROW_TILES * br} rows per call, got {rows}")
     _abs_product_kernel[(N, row_tiles)](
-        a, bt, s, wcol, out, wrow if write_t else wcol, t,
+        a, bt, s, wcol, out, wrow if write_t else wcol, t, tt if write_tt else t,
         rows, cols, h,
-        BR=br, BC=bc, BK=bk, WRITE_T=write_t, TF32=a.dtype == torch.float32,
+        BR=br, BC=bc, BK=bk, WRITE_T=write_t, WRITE_TT=write_tt, PRECISION="ieee" if exact else "tf32",
         num_warps=warps, num_stages=stages)
-    return out, t
+    return out, t, tt
 
 
-def tc_radius(a: torch.Tensor, bt: torch.Tensor, s: torch.Tensor, wcol: torch.Tensor) -> torch.Tensor:
+def tc_radius(a: torch.Tensor, bt: torch.Tensor, s: torch.Tensor, wcol: torch.Tensor,
+              exact: bool = False) -> torch.Tensor:
     """out[b, row] = sum_col |(A diag(s_b) Bt^T)[row, col]| wcol[b, col] on tensor cores.
 
     A (rows, h), Bt (cols, h): float32 (TF32 inputs, to be pre-rounded by the caller) or bfloat16;
-    s (N, h) 0/1 mask, wcol (N, cols) float32; all contiguous. Returns (N, rows) float32."""
-    return _launch(a, bt, s, wcol, None)[0]
+    s (N, h) 0/1 mask, wcol (N, cols) float32; all contiguous. Returns (N, rows) float32.
+    ``exact=True`` (float32 only) multiplies in exact fp32 with FMAs instead of TF32 (the
+    ``ETBK_CUDA_FFMA=triton`` variant of the "highest" path; no tensor cores)."""
+    return _launch(a, bt, s, wcol, None, exact=exact)[0]
 
 
 def tc_radius_grad(a: torch.Tensor, bt: torch.Tensor, s: torch.Tensor, wcol: torch.Tensor,
-                   wrow: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                   wrow: torch.Tensor, both_layouts: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`tc_radius` plus T[b, row, col] = sign(P[row, col]) wcol[b, col] wrow[b, row] (N, rows, cols),
-    rounded to TF32 (it is the TF32 input of :func:`tc_weight_grad`)."""
-    return _launch(a, bt, s, wcol, wrow)
+    rounded to TF32 (it is the TF32 input of :func:`tc_weight_grad`).
+
+    Returns (out, T, T2): T2 is T in the (N, cols, rows) layout when ``both_layouts`` (written by the
+    same kernel, so the backward needs no transposed copy), else an empty tensor."""
+    return _launch(a, bt, s, wcol, wrow, both_layouts=both_layouts)
 
 
-def weight_grad_splits(tiles: int, C: int, target: int = 264) -> int:
-    """Sample splits of the weight-gradient kernel: about `target` programs (2 per SM of an H100),
-    at most one split per sample. Fixed for given sizes, so the result is deterministic."""
-    return max(1, min(C, -(-target // max(tiles, 1))))
+def weight_grad_splits(tiles: int, C: int, target: int = 264, slots: Optional[int] = None) -> int:
+    """Sample splits of the weight-gradient kernel (at most one split per sample). Fixed for given
+    sizes, so the result is deterministic.
+
+    Without ``slots`` (the "legacy" policy, the measured default): about ``target`` programs (2 per
+    SM of an H100). With ``slots`` (programs resident at once: SMs x CTAs per SM; the "waves"
+    policy): the split count that minimizes waves x samples per program, the kernel's time if every
+    program of a wave takes as long, among those giving at most ~8 waves (each split adds an (h, xdim)
+    partial sum); ties go to fewer splits. E.g. 96
+    output tiles, 64 samples, 132 slots: 4 splits (384 programs, 3 full-ish waves of 16 samples)
+    instead of the legacy 3 (288 programs: 3 waves of 22 samples, the last 18% full)."""
+    tiles, C = max(tiles, 1), max(C, 1)
+    if slots is None:
+        return max(1, min(C, -(-target // tiles)))
+    best, best_cost = 1, None
+    for sp in range(1, min(C, max(1, -(-8 * slots // tiles))) + 1):
+        per_split = -(-C // sp)
+        programs = tiles * -(-C // per_split)
+        cost = -(-programs // slots) * per_split
+        if best_cost is None or cost < best_cost:
+            best, best_cost = sp, cost
+    return best
+
+
+def resident_ctas(props, tile: Tuple[int, int, int, int, int]) -> int:
+    """CTAs of the weight-gradient kernel that fit on one SM at once, estimated from the tile: its
+    pipeline buffers (stages x (BI + BX) x BT floats; Triton reports 132 KB for the default tile,
+    the estimate says 147 KB), the accumulator's registers plus 64, and threads. 1 for the default
+    tile on an H100 (228 KB of shared memory per SM). ``props``: torch.cuda.get_device_properties(...)."""
+    bi, bx, bt, warps, stages = tile
+    threads = warps * 32
+    smem = stages * (bi + bx) * bt * 4
+    regs = min(255, bi * bx // threads + 64) * threads
+    fits = (getattr(props, "shared_memory_per_multiprocessor", 0) // smem,
+            getattr(props, "regs_per_multiprocessor", 0) // regs,
+            getattr(props, "max_threads_per_multi_processor", 0) // threads)
+    return max(1, min(fits))
+
+
+def _split_slots(device: torch.device, tile) -> Optional[int]:
+    """Slots for the "waves" split policy (ETBK_TRITON_SPLITS=waves), None for "legacy" (default)."""
+    policy = os.environ.get("ETBK_TRITON_SPLITS", "legacy").strip() or "legacy"
+    if policy not in ("legacy", "waves"):
+        raise ValueError(f"ETBK_TRITON_SPLITS must be legacy or waves, got {policy!r}")
+    if policy == "legacy":
+        return None
+    if device.type != "cuda":  # the interpreter: an H100's 132 SMs, one CTA each
+        return 132
+    props = torch.cuda.get_device_properties(device)
+    return props.multi_processor_count * resident_ctas(props, tile)
 
 
 def tc_weight_grad(a: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -254,9 +318,9 @@ def tc_weight_grad(a: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.T
             raise ValueError(f"tc_weight_grad: {name} must be contiguous")
     if C == 0 or h == 0 or xdim == 0 or tdim == 0:
         return torch.zeros(h, xdim, device=a.device, dtype=torch.float32)
-    bi, bx, bt, warps, stages = weight_grad_tile()
+    bi, bx, bt, warps, stages = tile = weight_grad_tile()
     tiles = triton.cdiv(h, bi) * triton.cdiv(xdim, bx)
-    per_split = -(-C // weight_grad_splits(tiles, C))
+    per_split = -(-C // weight_grad_splits(tiles, C, slots=_split_slots(a.device, tile)))
     splits = -(-C // per_split)
     part = torch.empty(splits, h, xdim, device=a.device, dtype=torch.float32)
     _masked_weight_grad_kernel[(triton.cdiv(h, bi), triton.cdiv(xdim, bx), splits)](

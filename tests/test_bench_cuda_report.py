@@ -27,3 +27,21 @@ def test_markdown_and_verdicts_from_recorded_results(tmp_path):
                                         else "FAIL")
     bench_cuda.write_results(str(tmp_path), "gpu", data, md)
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".md"]
+
+
+def test_variant_table_renders_when_measured():
+    """The recorded run predates the variants: their table appears only once they are measured, and
+    their verdicts follow the numbers (here made up around the recorded ones)."""
+    data = json.loads(RESULTS.read_text())
+    assert "Variants" not in bench_cuda.markdown(data["meta"], data["results"])
+    for res in data["results"]:
+        res["fused_fwd_highest_triton_ms"] = 0.9 * min(res["chunked_cublas_fp32_ms"], res["naive_ref_fp32_ms"])
+        for name, factor in (("dual", 3.6), ("waves", 3.7), ("dual_waves", 3.4)):
+            res[f"bwd_high_{name}_ms"] = factor * res["fused_fwd_high_ms"]
+            res[f"bwd_over_fwd_high_{name}"] = factor
+    md = bench_cuda.markdown(data["meta"], data["results"])
+    rows = [line for line in md.split("Variants")[1].splitlines() if line.startswith("| 256,")]
+    assert len(rows) == 2 and all(r.count("|") == 9 for r in rows)
+    v = bench_cuda.variant_verdicts(data["results"][0])
+    assert v["fp32 (Triton exact) faster than naive ref"] == "PASS"
+    assert v["tf32 bwd (dual_waves) <= 3.5x fwd"] == "PASS" and v["tf32 bwd (waves) <= 3.5x fwd"] == "FAIL"

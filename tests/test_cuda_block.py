@@ -30,8 +30,16 @@ pytestmark = pytest.mark.skipif(
 )
 cuda_only = pytest.mark.skipif(not ON_CUDA, reason="CUDA-specific check")
 # fp32 FFMA; TF32 and BF16 on the Triton wgmma kernels (where Triton is installed); TF32 and BF16
-# on the hand-written mma.sync kernel ("+mma" sets ETBK_CUDA_TC=mma).
-PATHS = ("highest", "high", "medium", "high+mma", "medium+mma")
+# on the hand-written mma.sync kernel ("+mma"); the variants not yet measured on a GPU: the exact
+# fp32 forward on the Triton kernel ("highest+triton") and the Triton backward with T stored in both
+# layouts and wave-sized weight-gradient splits ("high+dual").
+PATHS = ("highest", "high", "medium", "high+mma", "medium+mma", "highest+triton", "high+dual")
+# the environment each "+variant" sets
+VARIANT_ENV = {
+    "mma": {"ETBK_CUDA_TC": "mma"},
+    "triton": {"ETBK_CUDA_FFMA": "triton"},
+    "dual": {"ETBK_TRITON_T_LAYOUT": "dual", "ETBK_TRITON_SPLITS": "waves"},
+}
 
 # (N, n, h, m): ones, primes, tile edges (127/128/129, 257), one sample, hundreds of samples.
 SIZES = [
@@ -52,20 +60,21 @@ SIZES = [
 
 @contextlib.contextmanager
 def matmul_precision(p: str):
-    """A path of PATHS: the float32 matmul precision, and "+mma" to force the mma.sync kernel."""
-    precision, _, kernel = p.partition("+")
-    old, old_tc = torch.get_float32_matmul_precision(), os.environ.get("ETBK_CUDA_TC")
+    """A path of PATHS: the float32 matmul precision, and "+variant" for the kernel (VARIANT_ENV)."""
+    precision, _, variant = p.partition("+")
+    env = VARIANT_ENV[variant] if variant else {}
+    old, old_env = torch.get_float32_matmul_precision(), {k: os.environ.get(k) for k in env}
     torch.set_float32_matmul_precision(precision)
-    if kernel:
-        os.environ["ETBK_CUDA_TC"] = kernel
+    os.environ.update(env)
     try:
         yield
     finally:
         torch.set_float32_matmul_precision(old)
-        if old_tc is None:
-            os.environ.pop("ETBK_CUDA_TC", None)
-        else:
-            os.environ["ETBK_CUDA_TC"] = old_tc
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def poison_allocator(nbytes: int = 64 << 20):
@@ -262,7 +271,7 @@ def test_gradcheck_float64(size, output_center):
     assert torch.autograd.gradcheck(f, ins, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
-@pytest.mark.parametrize("path", ["highest", "high", "high+mma", "medium"])
+@pytest.mark.parametrize("path", ["highest", "high", "high+mma", "medium", "highest+triton", "high+dual"])
 @pytest.mark.parametrize("size", [(5, 131, 257, 67), (300, 33, 64, 17), (2, 1000, 300, 130)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_backward_vs_reference_autograd(size, path):
@@ -289,6 +298,7 @@ def test_backward_vs_reference_autograd(size, path):
 @pytest.mark.parametrize("path, dtype, size, rtol", [
     ("highest", torch.float64, (23, 61, 47, 29), 1e-12),  # the cuBLAS backward, one sample per chunk
     ("high", torch.float32, (9, 700, 47, 400), 1e-5),     # TF32 (Triton where registered): T is 1.1 MB a sample
+    ("high+dual", torch.float32, (9, 700, 47, 400), 1e-5),  # T's second layout from the kernel, wave splits
 ])
 def test_backward_chunked_matches_unchunked(path, dtype, size, rtol, monkeypatch):
     """A 1 MB memory budget forces one sample per chunk: the same gradients as one big chunk (up to
@@ -353,7 +363,9 @@ def test_opcheck_tensor_core_ops(dtype):
     s, wcol, wrow = s.to(DEV), wcol.to(DEV), wrow.to(DEV)
     torch.library.opcheck(ops.tc_radius.default, (a, bt, s, wcol))
     torch.library.opcheck(ops.tc_radius_grad.default, (a, bt, s, wcol, wrow))
-    if dtype == torch.float32:  # the weight-gradient op takes TF32 operands only
+    torch.library.opcheck(ops.tc_radius_grad.default, (a, bt, s, wcol, wrow, True))  # both T layouts
+    if dtype == torch.float32:  # exact fp32 products; the weight-gradient op takes TF32 operands only
+        torch.library.opcheck(ops.tc_radius.default, (a, bt, s, wcol, True))
         t = torch.randn(5, 7, 13, generator=g).to(DEV)
         torch.library.opcheck(ops.tc_weight_grad.default, (bt.t().contiguous(), t, s))
 

@@ -9,6 +9,7 @@ span several row, column and K tiles.
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -50,11 +51,14 @@ def reference(a, bt, s, wcol, wrow):
 
 def check(a, bt, s, wcol, wrow):
     out = tr.tc_radius(a, bt, s, wcol)
-    out2, T = tr.tc_radius_grad(a, bt, s, wcol, wrow)
+    out2, T, empty = tr.tc_radius_grad(a, bt, s, wcol, wrow)
+    out3, T3, T2 = tr.tc_radius_grad(a, bt, s, wcol, wrow, both_layouts=True)
     ref, ref_T, P = reference(a, bt, s, wcol, wrow)
     assert out.dtype == torch.float32 and out.shape == ref.shape and T.shape == ref_T.shape
     assert torch.isfinite(out).all() and torch.isfinite(T).all()
-    assert torch.equal(out, out2)
+    assert torch.equal(out, out2) and torch.equal(out, out3) and torch.equal(T, T3)
+    # the second layout is the same numbers, bit for bit, as the transposed copy it replaces
+    assert empty.numel() == 0 and torch.equal(T2, T.transpose(1, 2).contiguous())
     h = a.shape[1]
     tol = 1e-5 * (1 + h) ** 0.5 * max(ref.abs().max().item(), 1.0)
     out, T = out.cpu(), T.cpu()
@@ -80,6 +84,26 @@ def test_small_tiles_match_float64(size, monkeypatch):
                          ids=lambda s: "x".join(map(str, s)))
 def test_default_tiles_match_float64(size):
     check(*make(*size, seed=1))
+
+
+@pytest.mark.parametrize("tile", ["16,16,16,4,2", None])
+def test_exact_fp32_products(tile, monkeypatch):
+    """exact=True (the ETBK_CUDA_FFMA=triton forward) multiplies unrounded fp32 operands in fp32: it
+    matches float64 to fp32 accumulation error, where TF32 products of the same operands cannot
+    (this is what tells the two apart on a GPU; the interpreter computes every dot in fp32)."""
+    if tile:
+        monkeypatch.setenv("ETBK_TRITON_TILE", tile)
+    g = torch.Generator().manual_seed(7)
+    N, rows, cols, h = 3, 37, 45, 70
+    a, bt = torch.randn(rows, h, generator=g), torch.randn(cols, h, generator=g)  # not TF32-rounded
+    s = (torch.rand(N, h, generator=g) < 0.6).float()
+    wcol = torch.rand(N, cols, generator=g) + 0.1
+    out = tr.tc_radius(a.to(DEV), bt.to(DEV), s.to(DEV), wcol.to(DEV), exact=True).cpu()
+    ref = reference(a, bt, s, wcol, torch.zeros(N, rows))[0]
+    err = ((out.double() - ref).abs() / ref.abs()).max().item()
+    assert err <= 2e-6 * (1 + h) ** 0.5, err
+    tf32 = reference(round_tf32(a), round_tf32(bt), s, wcol, torch.zeros(N, rows))[0]
+    assert ((tf32 - ref).abs() / ref.abs()).max().item() > 10 * err  # a TF32 kernel would fail the check above
 
 
 def test_sample_without_active_units_gives_zero_even_with_infinite_weight(monkeypatch):
@@ -120,8 +144,8 @@ def test_empty_and_degenerate_shapes():
     assert tr.tc_radius(a, bt, s[:0], wcol[:0]).shape == (0, 5)
     z = tr.tc_radius(a[:, :0].contiguous(), bt[:, :0].contiguous(), s[:, :0].contiguous(), wcol)
     assert z.shape == (3, 5) and (z == 0).all()
-    out, T = tr.tc_radius_grad(a, bt[:0], s, wcol[:, :0].contiguous(), wrow)
-    assert (out == 0).all() and T.shape == (3, 5, 0)
+    out, T, T2 = tr.tc_radius_grad(a, bt[:0], s, wcol[:, :0].contiguous(), wrow, both_layouts=True)
+    assert (out == 0).all() and T.shape == (3, 5, 0) and T2.shape == (3, 0, 5)
 
 
 def test_bad_input_is_refused(monkeypatch):
@@ -136,6 +160,8 @@ def test_bad_input_is_refused(monkeypatch):
         tr.tc_radius_grad(a, bt, s, wcol, wrow[:, :4])
     with pytest.raises(TypeError, match="wcol must be float32"):
         tr.tc_radius(a, bt, s, wcol.double())
+    with pytest.raises(TypeError, match="exact=True needs float32"):
+        tr.tc_radius(a.bfloat16(), bt.bfloat16(), s, wcol, exact=True)
     monkeypatch.setenv("ETBK_TRITON_TILE", "16,16")
     with pytest.raises(ValueError, match="5 integers"):
         tr.tc_radius(a, bt, s, wcol)
@@ -186,11 +212,46 @@ def test_weight_grad_small_tiles_match_float64(size, monkeypatch):
     check_wgrad(*make_wgrad(*size))
 
 
-def test_weight_grad_default_tiles_and_splits():
+@pytest.mark.parametrize("policy", ["legacy", "waves"])
+def test_weight_grad_default_tiles_and_splits(policy, monkeypatch):
+    monkeypatch.setenv("ETBK_TRITON_SPLITS", policy)
+    seen = []
+    splits = tr.weight_grad_splits
+    monkeypatch.setattr(tr, "weight_grad_splits", lambda *a, **k: seen.append(k.get("slots")) or splits(*a, **k))
     a, t, s = make_wgrad(9, 130, 70, 150, seed=2)
     out = check_wgrad(a, t, s)
-    assert tr.weight_grad_splits(tiles=4, C=9) == 9 and tr.weight_grad_splits(tiles=1000, C=9) == 1
     assert torch.equal(out, tr.tc_weight_grad(a, t, s))  # deterministic
+    # the policy reached the split count: slots only for "waves" (an H100's 132 in the interpreter)
+    assert seen == ([None, None] if policy == "legacy" else [132 if DEV == "cpu" else seen[0]] * 2) and seen[0] != 0
+
+
+def test_weight_grad_split_policies():
+    # legacy: about 264 programs, at most one split per sample
+    assert tr.weight_grad_splits(tiles=4, C=9) == 9 and tr.weight_grad_splits(tiles=1000, C=9) == 1
+    assert tr.weight_grad_splits(tiles=96, C=64) == 3  # the H100 benchmark's dW1: 288 programs
+    # waves: 96 tiles x 4 splits = 384 programs of 16 samples in 3 waves of 132, not 3 splits of 22
+    assert tr.weight_grad_splits(tiles=96, C=64, slots=132) == 4
+    assert tr.weight_grad_splits(tiles=32, C=64, slots=132) == 4  # dW2^T: 1 wave of 16 (legacy: 2 waves of 8)
+    cost = lambda tiles, C, sp, slots: -(-tiles * -(-C // -(-C // sp)) // slots) * -(-C // sp)  # noqa: E731
+    for tiles, C, slots in [(96, 64, 132), (32, 66, 132), (7, 5, 264), (1, 1, 132), (500, 3, 132), (12, 1000, 80)]:
+        sp = tr.weight_grad_splits(tiles, C, slots=slots)
+        assert 1 <= sp <= C
+        # no split count within the searched range (at most ~8 waves: each split adds an (h, xdim)
+        # partial sum) does better in waves x samples per program, and none at all does much better
+        bound = min(C, -(-8 * slots // tiles))
+        assert cost(tiles, C, sp, slots) == min(cost(tiles, C, k, slots) for k in range(1, bound + 1))
+        assert cost(tiles, C, sp, slots) <= 1.1 * min(cost(tiles, C, k, slots) for k in range(1, C + 1))
+    # resident CTAs per SM, from an H100's limits (228 KB shared memory, 64K registers, 2048 threads)
+    h100 = SimpleNamespace(shared_memory_per_multiprocessor=233472, regs_per_multiprocessor=65536,
+                           max_threads_per_multi_processor=2048)
+    assert tr.resident_ctas(h100, tr.weight_grad_tile()) == 1  # 147 KB of pipeline buffers
+    assert tr.resident_ctas(h100, (128, 128, 32, 8, 3)) == 2
+    assert tr.resident_ctas(h100, (64, 64, 16, 4, 2)) == 5  # registers: 96 a thread, 128 threads
+    assert tr.resident_ctas(SimpleNamespace(), (128, 128, 32, 8, 3)) == 1  # an older torch without the fields
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ETBK_TRITON_SPLITS", "fastest")
+        with pytest.raises(ValueError, match="legacy or waves"):
+            tr.tc_weight_grad(*make_wgrad(2, 3, 4, 5))
 
 
 def test_weight_grad_gives_the_block_gradients(monkeypatch):

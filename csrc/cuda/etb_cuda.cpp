@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <initializer_list>
 #include <string>
 
 #include "block_common.h"
@@ -53,21 +54,37 @@ RadiusPath float_path() {
   return RadiusPath::kFFMA;
 }
 
-// The Triton tensor-core kernels serve the TF32 / BF16 paths when Python registered them (Triton
-// installed) on a GPU of compute capability >= 8.0, unless ETBK_CUDA_TC=mma.
-bool use_triton(RadiusPath path, const at::Device& device) {
-  if (path == RadiusPath::kFFMA) return false;
-  if (const char* env = std::getenv("ETBK_CUDA_TC")) {
-    const std::string v(env);
-    TORCH_CHECK_VALUE(v.empty() || v == "mma" || v == "triton", "etbkernels: ETBK_CUDA_TC must be mma or triton, got '",
-                      v, "'");
-    if (v == "mma") return false;
+// Reads an environment switch: "" (unset) gives `fallback`, else one of `allowed`.
+std::string env_choice(const char* var, std::initializer_list<const char*> allowed, const char* fallback) {
+  const char* env = std::getenv(var);
+  if (!env || !*env) return fallback;
+  const std::string v(env);
+  std::string names;
+  for (const char* a : allowed) {
+    if (v == a) return v;
+    names += names.empty() ? a : std::string(" or ") + a;
   }
+  TORCH_CHECK_VALUE(false, "etbkernels: ", var, " must be ", names, ", got '", v, "'");
+  return fallback;
+}
+
+bool triton_registered(const at::Device& device) {
   const auto op = c10::Dispatcher::singleton().findOp(c10::OperatorName("etbkernels::tc_radius", ""));
   if (!op || !op->hasKernelForDispatchKey(c10::DispatchKey::CUDA)) return false;
   int major = 0;
   check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device.index()), "cudaDeviceGetAttribute");
   return major >= 8;
+}
+
+// The Triton tensor-core kernels serve the TF32 / BF16 paths when Python registered them (Triton
+// installed) on a GPU of compute capability >= 8.0, unless ETBK_CUDA_TC=mma. The exact-fp32 forward
+// runs on the FFMA kernel of etb_radius_kernels.cu unless ETBK_CUDA_FFMA=triton asks for the Triton
+// kernel with exact fp32 FMA products (a variant for the GPU benchmark; not yet measured).
+bool use_triton(RadiusPath path, const at::Device& device) {
+  if (path == RadiusPath::kFFMA) return env_choice("ETBK_CUDA_FFMA", {"cuda", "triton"}, "cuda") == "triton" &&
+                                        triton_registered(device);
+  if (env_choice("ETBK_CUDA_TC", {"mma", "triton"}, "triton") == "mma") return false;
+  return triton_registered(device);
 }
 
 // Operands of the Triton kernels, both K-major (h contiguous) as TF32 wgmma needs: fresh copies
@@ -79,11 +96,13 @@ at::Tensor tc_operand(const at::Tensor& x, RadiusPath path, cudaStream_t stream)
   return y;
 }
 
-at::Tensor tc_radius(const at::Tensor& a, const at::Tensor& bt, const at::Tensor& s, const at::Tensor& wcol) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("etbkernels::tc_radius", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
-  return op.call(a, bt, s, wcol);
+at::Tensor tc_radius(const at::Tensor& a, const at::Tensor& bt, const at::Tensor& s, const at::Tensor& wcol,
+                     bool exact) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("etbkernels::tc_radius", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool)>();
+  return op.call(a, bt, s, wcol, exact);
 }
 
 at::Tensor tc_weight_grad(const at::Tensor& a, const at::Tensor& t, const at::Tensor& s) {
@@ -93,14 +112,16 @@ at::Tensor tc_weight_grad(const at::Tensor& a, const at::Tensor& t, const at::Te
   return op.call(a, t, s);
 }
 
-std::tuple<at::Tensor, at::Tensor> tc_radius_grad(const at::Tensor& a, const at::Tensor& bt, const at::Tensor& s,
-                                                  const at::Tensor& wcol, const at::Tensor& wrow) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tc_radius_grad(const at::Tensor& a, const at::Tensor& bt,
+                                                              const at::Tensor& s, const at::Tensor& wcol,
+                                                              const at::Tensor& wrow, bool both_layouts) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("etbkernels::tc_radius_grad", "")
-          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                    const at::Tensor&, const at::Tensor&)>();
-  return op.call(a, bt, s, wcol, wrow);
+          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                const at::Tensor&, const at::Tensor&,
+                                                                const at::Tensor&, bool)>();
+  return op.call(a, bt, s, wcol, wrow, both_layouts);
 }
 
 void check_sizes(const char* op, int64_t N, int64_t h, int64_t m, int rows_per_cta) {
@@ -145,7 +166,11 @@ void radius_fwd_cuda(const at::Tensor& w1, const at::Tensor& w2, const at::Tenso
   const at::Tensor rc = r.contiguous();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(w1.device().index());
   if (!is_double && use_triton(path, w1.device())) {  // A = W2 (m, h), Bt = W1^T (n, h)
-    out.copy_(tc_radius(tc_operand(w2, path, stream), tc_operand(w1.t(), path, stream), S, rc));
+    if (path == RadiusPath::kFFMA) {  // exact fp32: the operands as they are
+      out.copy_(tc_radius(w2.contiguous(), w1.t().contiguous(), S, rc, true));
+    } else {
+      out.copy_(tc_radius(tc_operand(w2, path, stream), tc_operand(w1.t(), path, stream), S, rc, false));
+    }
     return;
   }
   at::Tensor idx, count;
@@ -178,9 +203,11 @@ int64_t bwd_budget_bytes() {
 
 // The TF32 / BF16 backward on the Triton kernels: per chunk of samples, T = sign(P) G r and dr from
 // one tensor-core kernel (P never stored; T is (C, n, m)), then dW1 and dW2^T from a second one
-// that contracts T (and its transpose, copied so both contractions read their K dim contiguously,
-// as TF32 wgmma needs) with W2^T / W1, each sample's mask a select on the weights. Extra memory:
-// T twice for one chunk (bounded by the same budget) and the per-split partial sums.
+// that contracts T (and its transpose, so both contractions read their K dim contiguously, as TF32
+// wgmma needs) with W2^T / W1, each sample's mask a select on the weights. The transpose is a copy
+// (measured), or with ETBK_TRITON_T_LAYOUT=dual a second layout the T kernel stores itself (not
+// yet measured on a GPU). Extra memory: T twice for one chunk (bounded by the same budget) and the
+// per-split partial sums.
 void radius_bwd_tc(const at::Tensor& G, const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& S,
                    const at::Tensor& R, at::Tensor& dr, at::Tensor& dw1, at::Tensor& dw2, RadiusPath path,
                    int64_t budget, cudaStream_t stream) {
@@ -189,15 +216,17 @@ void radius_bwd_tc(const at::Tensor& G, const at::Tensor& w1, const at::Tensor& 
   const at::Tensor w2t = tc_operand(w2.t(), RadiusPath::kTF32, stream);  // (h, m)
   const at::Tensor w1r = tc_operand(w1, RadiusPath::kTF32, stream);      // (h, n)
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, budget / (8 * n * m)));
+  const bool dual = env_choice("ETBK_TRITON_T_LAYOUT", {"copy", "dual"}, "copy") == "dual";
   at::Tensor dw2t = at::zeros({w1.size(0), m}, w1.options());
   for (int64_t b0 = 0; b0 < N; b0 += chunk) {
     const int64_t C = std::min(chunk, N - b0);
     const at::Tensor s_c = S.narrow(0, b0, C);
-    auto dr_t = tc_radius_grad(a_t, bt_t, s_c, G.narrow(0, b0, C), R.narrow(0, b0, C));
+    auto dr_t = tc_radius_grad(a_t, bt_t, s_c, G.narrow(0, b0, C), R.narrow(0, b0, C), dual);
     dr.narrow(0, b0, C).copy_(std::get<0>(dr_t));
-    const at::Tensor& T = std::get<1>(dr_t);                          // T[b, k, j]
-    dw1.add_(tc_weight_grad(w2t, T, s_c));                            // sum_j W2^T[i, j] T[b, k, j]
-    dw2t.add_(tc_weight_grad(w1r, T.transpose(1, 2).contiguous(), s_c));  // sum_k W1[i, k] T[b, k, j]
+    const at::Tensor& T = std::get<1>(dr_t);                                       // T[b, k, j]
+    dw1.add_(tc_weight_grad(w2t, T, s_c));                                         // sum_j W2^T[i, j] T[b, k, j]
+    const at::Tensor Tt = dual ? std::get<2>(dr_t) : T.transpose(1, 2).contiguous();  // T[b, j, k]
+    dw2t.add_(tc_weight_grad(w1r, Tt, s_c));                                       // sum_k W1[i, k] T[b, k, j]
   }
   dw2.copy_(dw2t.t());
 }
@@ -217,7 +246,7 @@ void radius_bwd_cuda(const at::Tensor& grad, const at::Tensor& w1, const at::Ten
   }
   const at::Tensor S = s.contiguous();
   const RadiusPath path = w1.scalar_type() == at::kDouble ? RadiusPath::kFFMA : float_path();
-  if (use_triton(path, w1.device())) {
+  if (path != RadiusPath::kFFMA && use_triton(path, w1.device())) {  // exact fp32: the cuBLAS backward
     radius_bwd_tc(grad.contiguous(), w1, w2, S, r.contiguous(), dr, dw1, dw2, path, bwd_budget_bytes(),
                   c10::cuda::getCurrentCUDAStream(w1.device().index()));
     return;
