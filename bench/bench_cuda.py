@@ -251,10 +251,7 @@ def markdown(meta, results):
             f"| {f(r['fwd_peak_extra_MiB'], 0)}/{f(r['bwd_peak_extra_MiB'], 0)} ({f(r['P_all_samples_MiB'], 0)}) "
             f"| {f(r['fused_fwd_high_mma_ms'])}/{f(r['fused_fwd_medium_mma_ms'])}, {f(r['bwd_high_mma_ms'])} "
             f"| {f(r['bwd_medium_ms'])} ({f(r['bwd_over_fwd_medium'])}) |")
-    lines += ["", "Targets (issue 3):", ""]
-    for r in results:
-        v = verdicts(r)
-        lines.append(f"- {','.join(map(str, r['shape']))}: " + "; ".join(f"{k}: {x}" for k, x in v.items()))
+    lines += ["", "Targets (issue 3):", ""] + verdict_lines(results, verdicts)
     if results and "fused_fwd_highest_triton_ms" in results[0]:
         hdr = ("| N,n,h,m | fp32 fwd ms: FFMA kernel / Triton exact | Triton exact vs bmm fp32 | chunked / naive fp32 ms "
                "| TF32 bwd ms (bwd/fwd): default | T both layouts | wave splits | both |")
@@ -266,11 +263,14 @@ def markdown(meta, results):
                 f"| {f(r['bmm_fp32_ms'] / r['fused_fwd_highest_triton_ms'])} "
                 f"| {f(r['chunked_cublas_fp32_ms'])} / {f(r.get('naive_ref_fp32_ms'))} "
                 f"| {bw('')} | {bw('_dual')} | {bw('_waves')} | {bw('_dual_waves')} |")
-        lines += ["", "Targets with each variant as the default:", ""]
-        for r in results:
-            v = variant_verdicts(r)
-            lines.append(f"- {','.join(map(str, r['shape']))}: " + "; ".join(f"{k}: {x}" for k, x in v.items()))
+        lines += ["", "Targets with each variant as the default:", ""] + verdict_lines(results, variant_verdicts)
     return "\n".join(lines) + "\n"
+
+
+def verdict_lines(results, judge) -> list:
+    """One "- shape: target: PASS; ..." line per result."""
+    return [f"- {','.join(map(str, r['shape']))}: " + "; ".join(f"{k}: {x}" for k, x in judge(r).items())
+            for r in results]
 
 
 def main():

@@ -1,7 +1,7 @@
 """Compiles the Triton tensor-core kernel (etbkernels/triton_radius.py) for a GPU arch without a GPU.
 
 For TF32 and BF16, forward and backward (WRITE_T, and TF32 with both T layouts), and the exact-fp32
-forward, at the default tiles of a benchmark shape, it
+forward (and the 3xTF32 one the sweep times), at the default tiles of a benchmark shape, it
 builds PTX and a cubin with Triton's own ptxas (as Triton's JIT would on the GPU, with the
 16-divisibility hints the JIT gives aligned sizes), checks that the tensor-core instruction is
 Hopper's wgmma (not the older mma.sync) and that copies are pipelined (cp.async), and prints
@@ -88,7 +88,8 @@ def main():
     variants = [("tf32", "forward", False, False, "tf32"), ("tf32", "backward (T)", True, False, "tf32"),
                 ("tf32", "backward (T, both layouts)", True, True, "tf32"),
                 ("bf16", "forward", False, False, "tf32"), ("bf16", "backward (T)", True, False, "tf32"),
-                ("fp32", "forward (exact, FMA)", False, False, "ieee")]
+                ("fp32", "forward (exact, FMA)", False, False, "ieee"),
+                ("fp32", "forward (3xTF32, sweep only)", False, False, "tf32x3")]
     for kind, what, write_t, write_tt, precision in variants:
         rows, cols = (args.cols, args.rows) if write_t else (args.rows, args.cols)
         br, bc, bk, warps, stages = tr.default_tile(rows, cols, kind == "bf16")

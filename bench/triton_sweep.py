@@ -26,12 +26,22 @@ from bench.bench_cuda import timed, write_results  # noqa: E402
 TILES_TF32 = ["128,256,32,8,3", "128,128,32,8,3", "64,256,32,8,3"]
 TILES_BF16 = ["128,256,64,8,3"]
 TILES_WGRAD = ["128,256,32,8,3", "128,128,32,8,3", "256,128,32,8,3", "128,256,32,8,4"]
-# the exact-fp32 forward (exact=True: FMA products, ETBK_CUDA_FFMA=triton), against an fp32 bmm
+# the exact-fp32 forward (exact=True: FMA products, ETBK_CUDA_FFMA=triton), against an fp32 bmm; and,
+# for information only, 3xTF32 products (each fp32 operand as the sum of two TF32 numbers: about fp32
+# accuracy on tensor cores, but not what torch's "highest" promises, so no path uses it)
 TILES_EXACT = ["128,256,32,8,3", "128,128,32,8,3", "64,128,32,4,3", "128,128,16,8,2"]
+TILES_TF32X3 = ["128,256,32,8,3"]
+
+
+def max_rel_err(out, a, bt, s, wcol, samples=2):
+    """Largest relative error of out[:samples] against float64 (P = A diag(s) Bt^T, small for 2 samples)."""
+    a, bt, s, wcol = a.double(), bt.double(), s[:samples].double(), wcol[:samples].double()
+    ref = ((a * s[:, None, :]) @ bt.t()).abs().mul_(wcol[:, None, :]).sum(-1)
+    return ((out[:samples].double() - ref).abs() / ref.abs().clamp_min(1e-30)).max().item()
 
 
 def sweep_shape(tr, N, n, h, m, reps, tiles_tf32, tiles_bf16, tiles_wgrad, grad, tiles_exact=(), timer=timed,
-                device="cuda"):
+                device="cuda", tiles_tf32x3=()):
     """The rows of one shape. ``timer(fn, reps)`` gives milliseconds (CUDA events; the CPU smoke test
     of this script passes its own, with ``device="cpu"`` in Triton's interpreter)."""
     torch.manual_seed(0)
@@ -48,24 +58,28 @@ def sweep_shape(tr, N, n, h, m, reps, tiles_tf32, tiles_bf16, tiles_wgrad, grad,
     Ab, Bb = A.bfloat16(), B.bfloat16()
     bmm_bf16 = min(bmm_bf16, timer(lambda: torch.bmm(Ab, Bb), reps))
     torch.set_float32_matmul_precision("highest")
-    bmm_fp32 = timer(lambda: torch.bmm(A, B), reps) if tiles_exact else None
+    bmm_fp32 = timer(lambda: torch.bmm(A, B), reps) if tiles_exact or tiles_tf32x3 else None
     torch.set_float32_matmul_precision("high")
     del A, B, Ab, Bb
     if device == "cuda":
         torch.cuda.empty_cache()
     rows = []
-    for dtype, tiles, base, exact in ((torch.float32, tiles_tf32, bmm_tf32, False),
-                                      (torch.bfloat16, tiles_bf16, bmm_bf16, False),
-                                      (torch.float32, tiles_exact, bmm_fp32, True)):
+    for dtype, tiles, base, precision in ((torch.float32, tiles_tf32, bmm_tf32, "tf32"),
+                                          (torch.bfloat16, tiles_bf16, bmm_bf16, "tf32"),
+                                          (torch.float32, tiles_exact, bmm_fp32, "ieee"),
+                                          (torch.float32, tiles_tf32x3, bmm_fp32, "tf32x3")):
         a, bt = w2.to(dtype).contiguous(), w1.t().to(dtype).contiguous()
+        exact = precision != "tf32"
         for tile in tiles:
             os.environ["ETBK_TRITON_TILE"] = tile
-            row = {"shape": [N, n, h, m], "dtype": str(dtype).replace("torch.", "") + (" exact" if exact else ""),
-                   "tile": tile, "bmm_ms": base}
+            label = {"tf32": "", "ieee": " exact", "tf32x3": " tf32x3"}[precision]
+            row = {"shape": [N, n, h, m], "dtype": str(dtype).replace("torch.", "") + label, "tile": tile, "bmm_ms": base}
             try:
-                row["fwd_ms"] = timer(lambda: tr.tc_radius(a, bt, s, r, exact), reps)
+                fwd = lambda: tr._launch(a, bt, s, r, None, precision=precision)[0]  # noqa: E731
+                row["fwd_ms"] = timer(fwd, reps)
                 row["fwd_ratio_vs_bmm"] = base / row["fwd_ms"]
                 row["fwd_tflops"] = flops / row["fwd_ms"] / 1e9
+                row["max_rel_err"] = max_rel_err(fwd(), a, bt, s, r)
                 if grad and not exact:  # the backward's kernel on a 64-sample chunk (T is C m n floats)
                     C = min(N, 64)
                     row["grad_chunk64_ms"] = timer(lambda: tr.tc_radius_grad(bt, a, s[:C], g[:C], r[:C]), reps)
@@ -108,14 +122,17 @@ def markdown(meta: dict, rows: list) -> str:
     """The sweep's table."""
     f = lambda x, d=2: "-" if x is None else f"{x:.{d}f}"  # noqa: E731
     lines = [f"# Triton radius tile sweep: {meta['device']} (torch {meta['torch']}, triton {meta['triton']})", "",
-             "bmm: TF32 for float32 and bfloat16's for bfloat16, fp32 (TF32 off) for \"float32 exact\" (FMA products). "
+             "bmm: TF32 for float32 and bfloat16's for bfloat16, fp32 (TF32 off) for \"float32 exact\" (FMA products) "
+             "and \"float32 tf32x3\" (3xTF32 products, for information: no path uses them). The operands are not "
+             "TF32-rounded here (the error column includes the tensor cores' truncation). "
              "Backward kernels on 64-sample chunks; \"waves\": ETBK_TRITON_SPLITS=waves.", "",
-             "| N,n,h,m | dtype | BR,BC,BK,warps,stages | fwd ms | TF/s | bmm ms | fwd / bmm | T kernel ms "
-             "| T kernel, both layouts ms | dW1 / dW2^T kernels ms (TF/s) | dW1 / dW2^T, waves ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| N,n,h,m | dtype | BR,BC,BK,warps,stages | fwd ms | TF/s | bmm ms | fwd / bmm | max rel. err (2 samples) "
+             "| T kernel ms | T kernel, both layouts ms | dW1 / dW2^T kernels ms (TF/s) | dW1 / dW2^T, waves ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {','.join(map(str, r['shape']))} | {r['dtype']} | {r['tile']} | {f(r.get('fwd_ms'))} "
                      f"| {f(r.get('fwd_tflops'), 0)} | {f(r['bmm_ms'])} | {f(r.get('fwd_ratio_vs_bmm'))} "
+                     f"| {'-' if r.get('max_rel_err') is None else format(r['max_rel_err'], '.1e')} "
                      f"| {f(r.get('grad_chunk64_ms'))} | {f(r.get('grad_dual_chunk64_ms'))} "
                      f"| {f(r.get('dw1_ms'))} / {f(r.get('dw2_ms'))} ({f(r.get('wgrad_tflops'), 0)}) "
                      f"| {f(r.get('dw1_waves_ms'))} / {f(r.get('dw2_waves_ms'))} {r.get('error', '')} |")
@@ -130,6 +147,7 @@ def main():
     ap.add_argument("--bf16", default=";".join(TILES_BF16))
     ap.add_argument("--wgrad", default=";".join(TILES_WGRAD))
     ap.add_argument("--exact", default=";".join(TILES_EXACT))
+    ap.add_argument("--tf32x3", default=";".join(TILES_TF32X3))
     ap.add_argument("--no-grad", action="store_true")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
@@ -145,7 +163,8 @@ def main():
         N, n, h, m = (int(x) for x in spec.split(","))
         rows += sweep_shape(tr, N, n, h, m, args.reps, [t for t in args.tf32.split(";") if t],
                             [t for t in args.bf16.split(";") if t], [t for t in args.wgrad.split(";") if t],
-                            not args.no_grad, [t for t in args.exact.split(";") if t])
+                            not args.no_grad, [t for t in args.exact.split(";") if t],
+                            tiles_tf32x3=[t for t in args.tf32x3.split(";") if t])
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
             "triton": __import__("triton").__version__,
             "time": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}

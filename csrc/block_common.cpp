@@ -30,7 +30,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> etb_block_impl(const at::Tensor& 
   // Kernels call ATen ops on tensors that may require grad: autograd is handled outside.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const BlockDims d = check_block_inputs("etb_block", center, radius, w1, b1, w2, b2);
-  check_radius_nonnegative("etb_block", radius);
+  DeferredChecks checks;
+  check_radius_nonnegative("etb_block", radius, checks);
   const at::Tensor r = radius.contiguous();
   const at::Tensor W1 = w1.contiguous();
   const at::Tensor W2 = w2.contiguous();
@@ -38,7 +39,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> etb_block_impl(const at::Tensor& 
   const at::Tensor c1 = affine(center, W1, b1);
   at::Tensor s;
   if (mask) {
-    s = prepare_mask("etb_block", *mask, d, center);
+    s = prepare_mask("etb_block", *mask, d, center, checks);
   } else {
     // A ReLU can be active somewhere in the box iff its IBP upper bound c1 + |W1| r is > 0.
     // Written as !(upper <= 0) so a NaN upper bound keeps the unit and its NaN reaches the output.
@@ -49,6 +50,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> etb_block_impl(const at::Tensor& 
   at::Tensor out_center = affine(act, W2, b2);
   at::Tensor out_radius = empty_poisoned({d.N, d.m}, center.options());
   if (out_radius.numel() > 0) radius_fwd(W1, W2, s, r, out_radius);
+  checks.verify();  // after all the work is queued: one wait for the device, at the end
   return {out_center, out_radius, s};
 }
 
@@ -95,12 +97,15 @@ std::tuple<at::Tensor, at::Tensor> ibp_block_impl(const at::Tensor& center, cons
   // Kernels call ATen ops on tensors that may require grad: autograd is handled outside.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   check_block_inputs("ibp_block", center, radius, w1, b1, w2, b2);
-  check_radius_nonnegative("ibp_block", radius);
+  DeferredChecks checks;
+  check_radius_nonnegative("ibp_block", radius, checks);
   const at::Tensor c1 = affine(center, w1, b1);
   const at::Tensor r1 = at::mm(radius, w1.abs().t());
   const at::Tensor up = at::relu(c1 + r1);
   const at::Tensor lo = at::relu(c1 - r1);
-  return {affine((up + lo).mul_(0.5), w2, b2), at::mm((up - lo).mul_(0.5), w2.abs().t())};
+  auto out = std::make_tuple(affine((up + lo).mul_(0.5), w2, b2), at::mm((up - lo).mul_(0.5), w2.abs().t()));
+  checks.verify();
+  return out;
 }
 
 Grads6 ibp_block_backward_impl(const at::Tensor& grad_center, const at::Tensor& grad_radius, const at::Tensor& center,

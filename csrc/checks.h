@@ -5,7 +5,10 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <functional>
 #include <optional>
+#include <string>
+#include <vector>
 
 namespace etbk {
 
@@ -57,15 +60,42 @@ inline BlockDims check_block_inputs(const char* op, const at::Tensor& center, co
   return {N, n, h, m};
 }
 
+// Checks of input *values*, deferred: each adds a 0-dim bool "bad" flag computed where the data is,
+// and verify() reads all flags with one device-to-host copy once the op's work is queued. On a GPU,
+// reading each flag where it is computed (.item()) would make the host wait for the device there and
+// leave the GPU idle while the rest of the op is launched. The kernels never index by these values,
+// so computing with bad values first is safe; their outputs are dropped when verify() throws.
+class DeferredChecks {
+ public:
+  // `message` runs only when the check fails (it may read the data, e.g. a minimum).
+  void add(at::Tensor bad, std::function<std::string()> message) {
+    flags_.push_back(bad.reshape({1}));
+    messages_.push_back(std::move(message));
+  }
+  void verify() const {
+    if (flags_.empty()) return;
+    const at::Tensor host = at::cat(flags_).to(at::kCPU);
+    const bool* bad = host.const_data_ptr<bool>();
+    for (size_t i = 0; i < messages_.size(); ++i) TORCH_CHECK_VALUE(!bad[i], messages_[i]());
+  }
+
+ private:
+  std::vector<at::Tensor> flags_;
+  std::vector<std::function<std::string()>> messages_;
+};
+
 // A negative radius is not a box. NaN passes (it propagates to the output as NaN).
-inline void check_radius_nonnegative(const char* op, const at::Tensor& radius) {
+inline void check_radius_nonnegative(const char* op, const at::Tensor& radius, DeferredChecks& checks) {
   if (radius.numel() == 0) return;
-  TORCH_CHECK_VALUE(!radius.lt(0).any().item<bool>(), op, ": radius must be >= 0 everywhere (it is the half-width",
-                    " of the input box); min radius = ", radius.min().item<double>());
+  checks.add(radius.lt(0).any(), [op, radius] {
+    return c10::str(op, ": radius must be >= 0 everywhere (it is the half-width of the input box); min radius = ",
+                    radius.min().item<double>());
+  });
 }
 
 // A caller-given ReLU mask: (N, h), bool or a real dtype holding only 0 and 1. Returns it in `dtype`.
-inline at::Tensor prepare_mask(const char* op, const at::Tensor& mask, const BlockDims& d, const at::Tensor& ref) {
+inline at::Tensor prepare_mask(const char* op, const at::Tensor& mask, const BlockDims& d, const at::Tensor& ref,
+                               DeferredChecks& checks) {
   TORCH_CHECK_VALUE(mask.dim() == 2 && mask.size(0) == d.N && mask.size(1) == d.h, op, ": mask must be (N, h) = (",
                     d.N, ", ", d.h, "), got shape ", mask.sizes());
   TORCH_CHECK_VALUE(mask.device() == ref.device(), op, ": mask must be on ", ref.device(), " like center, got ",
@@ -73,8 +103,9 @@ inline at::Tensor prepare_mask(const char* op, const at::Tensor& mask, const Blo
   TORCH_CHECK_TYPE(!at::isComplexType(mask.scalar_type()), op, ": mask must be bool or real, got ",
                    mask.scalar_type());
   if (mask.scalar_type() != at::kBool && mask.numel() > 0) {
-    TORCH_CHECK_VALUE(at::logical_or(mask.eq(0), mask.eq(1)).all().item<bool>(), op,
-                      ": mask must hold only 0 and 1 (or be bool); it has other values (or NaN)");
+    checks.add(at::logical_or(mask.eq(0), mask.eq(1)).all().logical_not(), [op] {
+      return c10::str(op, ": mask must hold only 0 and 1 (or be bool); it has other values (or NaN)");
+    });
   }
   return mask.to(ref.scalar_type()).contiguous();
 }

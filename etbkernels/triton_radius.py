@@ -192,10 +192,14 @@ def _check(a, bt, s, wcol, wrow=None):
     return N, rows, cols, h
 
 
-def _launch(a, bt, s, wcol, wrow: Optional[torch.Tensor], both_layouts: bool = False, exact: bool = False):
+def _launch(a, bt, s, wcol, wrow: Optional[torch.Tensor], both_layouts: bool = False, exact: bool = False,
+            precision: Optional[str] = None):
+    """The kernel launch behind the ops. ``precision`` ("tf32", "tf32x3", "ieee") overrides what
+    ``exact`` picks, for the benchmark's measurements only (bench/triton_sweep.py)."""
     N, rows, cols, h = _check(a, bt, s, wcol, wrow)
     if exact and a.dtype != torch.float32:
         raise TypeError(f"tc_radius: exact=True needs float32 operands, got {a.dtype}")
+    precision = precision or ("ieee" if exact else "tf32")
     out = torch.empty(N, rows, device=a.device, dtype=torch.float32)
     write_t = wrow is not None
     write_tt = write_t and both_layouts
@@ -216,7 +220,7 @@ def _launch(a, bt, s, wcol, wrow: Optional[torch.Tensor], both_layouts: bool = F
     _abs_product_kernel[(N, row_tiles)](
         a, bt, s, wcol, out, wrow if write_t else wcol, t, tt if write_tt else t,
         rows, cols, h,
-        BR=br, BC=bc, BK=bk, WRITE_T=write_t, WRITE_TT=write_tt, PRECISION="ieee" if exact else "tf32",
+        BR=br, BC=bc, BK=bk, WRITE_T=write_t, WRITE_TT=write_tt, PRECISION=precision,
         num_warps=warps, num_stages=stages)
     return out, t, tt
 

@@ -26,10 +26,13 @@ def test_sweep_rows_and_table():
 
     tile = "16,16,16,4,2"
     rows = triton_sweep.sweep_shape(tr, 3, 20, 17, 18, 1, [tile], [tile], [tile], True, [tile], timer=timer,
-                                    device="cpu")
+                                    device="cpu", tiles_tf32x3=[tile])
     assert [r for r in rows if "error" in r] == []
     kinds = [r["dtype"] for r in rows]
-    assert kinds[:3] == ["float32", "bfloat16", "float32 exact"] and "T transpose copy (64 samples)" in kinds
+    assert kinds[:4] == ["float32", "bfloat16", "float32 exact", "float32 tf32x3"]
+    assert "T transpose copy (64 samples)" in kinds
+    for r in (rows[0], rows[2], rows[3]):  # fp32 products in the interpreter: fp32 accumulation error only
+        assert 0 <= r["max_rel_err"] < 1e-5
     tf32 = rows[0]
     assert {"fwd_ms", "grad_chunk64_ms", "grad_dual_chunk64_ms"} <= set(tf32)
     wgrad = next(r for r in rows if r["dtype"].startswith("wgrad"))

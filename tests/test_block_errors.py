@@ -72,3 +72,16 @@ def test_direct_op_calls_are_checked_too():
     with pytest.raises(ValueError, match=r"grad_radius must be \(4, 3\)"):
         E.ops.etb_block_backward(torch.ones(4, 3, dtype=torch.float64), torch.ones(4, 2, dtype=torch.float64),
                                  C, R_, W1, B1, W2, torch.ones(4, 5, dtype=torch.float64), False)
+
+
+def test_value_checks_are_reported_in_order_with_the_offending_value():
+    """Value checks are read once, after the op's work is queued (no wait for a GPU in the middle of
+    the op); they still raise the first failing check's message, with the data it names."""
+    r = R_.clone()
+    r[2, 3] = -0.25
+    with pytest.raises(ValueError, match=r"radius must be >= 0.*min radius = -0\.25"):
+        E.etb_block(C, r, W1, B1, W2, B2, mask=torch.full((4, 5), 0.5, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"only 0 and 1"):  # the radius is fine: the mask's check fails
+        E.etb_block(C, R_, W1, B1, W2, B2, mask=torch.full((4, 5), 0.5, dtype=torch.float64))
+    ok = E.etb_block(C, R_, W1, B1, W2, B2, mask=torch.ones(4, 5, dtype=torch.float64))  # 0/1 values pass
+    assert bool((ok.upper >= ok.lower).all())
