@@ -13,8 +13,9 @@ float32, random weights, eps 0.1, no gradients) this times, in one run:
 - ``etb_mask_etb``:   etbkernels.bounds(mask="etb"): every layer's ETB bound (blockwise masks)
 - ``*_fwd_bwd``:      the same plus a backward pass of a loss on the bounds (training cost)
 
-auto_LiRPA is an optional comparison: it is timed when ``import auto_LiRPA`` works, and
-reported as unavailable otherwise. Timings are medians of --repeats runs (one run when a call
+auto_LiRPA 0.3 is an optional comparison (``lirpa_ibp``, ``lirpa_crown_ibp``): timed when it
+imports through bench/auto_lirpa_compat.py (scripts/setup.sh installs it), reported as
+unavailable otherwise. Timings are medians of --repeats runs (one run when a call
 takes longer than 20 s). Writes bench/results/bench_network.{json,md}.
 
     python bench/bench_network.py                 # small + medium CNN, batch 256
@@ -27,6 +28,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -37,6 +39,8 @@ import etbkernels
 from etbkernels.network import models
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import auto_lirpa_compat  # noqa: E402
 EPS = 0.1
 
 
@@ -82,14 +86,23 @@ def _fwd_bwd(model, x, **kw):
 
 
 def lirpa_fns(model, x):
+    """auto_LiRPA 0.3's IBP and CROWN-IBP on the same model and batch (its full CROWN, a backward pass
+    per hidden neuron, is timed at batch 8 by bench/crown_full.py), and a note on its bounds."""
     try:
-        from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
-    except Exception as e:  # optional dependency
-        return {}, f"auto_LiRPA unavailable ({type(e).__name__}: {e})"
-    bm = BoundedModule(model, torch.zeros_like(x[:1]))
-    bt = BoundedTensor(x, PerturbationLpNorm(norm=float("inf"), eps=EPS))
-    return {"lirpa_ibp": lambda: bm.compute_bounds(x=(bt,), method="IBP"),
-            "lirpa_crown": lambda: bm.compute_bounds(x=(bt,), method="CROWN")}, "auto_LiRPA available"
+        lirpa = auto_lirpa_compat.load()
+    except ImportError as e:  # optional dependency
+        return {}, f"auto_LiRPA unavailable ({e})"
+    bm = lirpa.BoundedModule(model, torch.zeros_like(x[:1]))
+    bt = lirpa.BoundedTensor(x, lirpa.PerturbationLpNorm(norm=float("inf"), eps=EPS))
+    with torch.no_grad():
+        lo, up = bm.compute_bounds(x=(bt,), method="CROWN-IBP")
+        ours = etbkernels.bounds(model, x, EPS, method="crown-ibp")
+    diff = max((lo - ours.lower).abs().max().item(), (up - ours.upper).abs().max().item())
+    diff /= max(up.abs().max().item(), lo.abs().max().item(), 1e-30)
+    return ({"lirpa_ibp": lambda: bm.compute_bounds(x=(bt,), method="IBP"),
+             "lirpa_crown_ibp": lambda: bm.compute_bounds(x=(bt,), method="CROWN-IBP")},
+            f"auto_LiRPA {lirpa.__version__} (bench/auto_lirpa_compat.py): its CROWN-IBP bounds differ from ours by "
+            f"at most {diff:.1e} of the largest bound (float32)")
 
 
 def main():
@@ -127,8 +140,7 @@ def main():
             fns["crown_forward"] = lambda: etbkernels.bounds(model, x, EPS, method="crown-forward")
         lf, note = lirpa_fns(model, x)
         fns.update(lf)
-        if note not in notes:
-            notes.append(note)
+        notes.append(f"{name}: {note}")
         res = {}
         for key, fn in tqdm(list(fns.items()), desc=f"{name} no-grad"):
             with torch.no_grad():  # per_logit enables autograd inside
@@ -143,6 +155,9 @@ def main():
         row["per_logit_over_etb_mask_ibp"] = round(res["per_logit"] / res["etb_mask_ibp"], 2)
         row["etb_mask_ibp_over_ibp"] = round(res["etb_mask_ibp"] / res["ibp"], 2)
         row["crown_ibp_over_ibp"] = round(res["crown_ibp"] / res["ibp"], 2)
+        if "lirpa_ibp" in res:  # auto_LiRPA's time over ours, same method (above 1: ours is faster)
+            row["lirpa_ibp_over_ibp"] = round(res["lirpa_ibp"] / res["ibp"], 2)
+            row["lirpa_crown_ibp_over_crown_ibp"] = round(res["lirpa_crown_ibp"] / res["crown_ibp"], 2)
         if "etb_mask_etb" in res:
             row["etb_mask_etb_over_ibp"] = round(res["etb_mask_etb"] / res["ibp"], 2)
             row["per_logit_over_etb_mask_etb"] = round(res["per_logit"] / res["etb_mask_etb"], 3)

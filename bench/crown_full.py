@@ -8,7 +8,9 @@ default, no gradients), in one run with the calls interleaved:
   convolutional layers' rows pulled back on their windows (``crown_windows``, the default) and
   as dense images (``crown_windows.ENABLED = False``);
 - the mean width of the logit bounds of each (the sound ones: IBP, CROWN-IBP, CROWN forward,
-  CROWN; ETB's are expected bounds, not certificates).
+  CROWN; ETB's are expected bounds, not certificates);
+- where auto_LiRPA 0.3 imports (bench/auto_lirpa_compat.py), its IBP, CROWN-IBP and CROWN on the
+  same model and input (same bounds as ours on these models: tests/test_auto_lirpa_agreement.py).
 
 Full CROWN costs a backward pass per hidden neuron, so the batch is small (``--batch``, 8 by
 default); every time is also given per sample. Writes bench/results/crown_full.{json,md}.
@@ -29,6 +31,7 @@ from etbkernels.network import crown_windows, models
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import auto_lirpa_compat  # noqa: E402
 from _timing import interleaved_medians, write_results  # noqa: E402
 from roofline_network import count_flops  # noqa: E402
 
@@ -40,7 +43,30 @@ METHODS = {  # key: (label, bounds() keywords)
     "crown": ("CROWN", dict(method="crown")),
     "crown_dense": ("CROWN, dense rows", dict(method="crown")),
 }
+LIRPA = {"lirpa_ibp": ("auto_LiRPA IBP", "IBP"), "lirpa_crown_ibp": ("auto_LiRPA CROWN-IBP", "CROWN-IBP"),
+         "lirpa_crown": ("auto_LiRPA CROWN", "CROWN")}
 ZOO = {"small": models.small_cnn, "medium": models.medium_cnn}
+
+
+def lirpa_available() -> str:
+    """"" when auto_LiRPA imports, else why not."""
+    try:
+        auto_lirpa_compat.load()
+        return ""
+    except ImportError as e:
+        return str(e)
+
+
+def _lirpa_call(model, x, eps, key):
+    lirpa = auto_lirpa_compat.load()
+    bm = lirpa.BoundedModule(model, torch.zeros_like(x[:1]))  # traced once, outside the timing
+    bx = lirpa.BoundedTensor(x, lirpa.PerturbationLpNorm(norm=float("inf"), eps=eps))
+
+    def fn():
+        with torch.no_grad():
+            lo, up = bm.compute_bounds(x=(bx,), method=LIRPA[key][1])
+        return etbkernels.Bounds(lo, up)
+    return fn
 
 
 def _call(model, x, eps, key):
@@ -62,6 +88,8 @@ def analyse(name: str, batch: int, eps: float, repeats: int) -> dict:
     model = ZOO[name]().eval()
     x = torch.rand(batch, 1, 28, 28)
     fns = {k: _call(model, x, eps, k) for k in METHODS}
+    if not lirpa_available():
+        fns.update({k: _lirpa_call(model, x, eps, k) for k in LIRPA})
     width = {k: float(fn().width.mean()) for k, fn in fns.items()}
     flops = {k: count_flops(fn) for k, fn in fns.items()}
     times = interleaved_medians(fns, repeats, warmup=0)
@@ -77,8 +105,11 @@ def markdown(rows, repeats: int) -> list:
              "certificates; the others are sound).", "",
              "| model | eps | batch | method | s | ms per sample | x IBP | GFLOP | mean logit width |",
              "|---|---|---|---|---|---|---|---|---|"]
+    labels = {**{k: v[0] for k, v in METHODS.items()}, **{k: v[0] for k, v in LIRPA.items()}}
     for r in rows:
-        for k, (label, _) in METHODS.items():
+        for k, label in labels.items():
+            if k not in r["time_s"]:
+                continue
             t = r["time_s"][k]
             lines.append(f"| {r['model']} | {r['eps']} | {r['batch']} | {label} | {t:.3g} | "
                          f"{1000 * t / r['batch']:.3g} | {t / r['time_s']['ibp']:.0f} | {r['gflop'][k]:.3g} | "
@@ -86,6 +117,12 @@ def markdown(rows, repeats: int) -> list:
     lines += ["", "Windowed over dense rows (same bounds): " + ", ".join(
         f"{r['model']} eps {r['eps']}: {r['time_s']['crown_dense'] / r['time_s']['crown']:.1f}x faster, "
         f"{r['gflop']['crown_dense'] / max(r['gflop']['crown'], 1e-12):.0f}x fewer flops" for r in rows)]
+    why = lirpa_available()
+    lines += ["", f"auto_LiRPA: not run ({why})." if why else
+              "auto_LiRPA 0.3 (bench/auto_lirpa_compat.py) time / ours, same method (above 1: ours is faster): "
+              + "; ".join(f"{r['model']} eps {r['eps']}: " + ", ".join(
+                  f"{METHODS[k.replace('lirpa_', '')][0]} {r['time_s'][k] / r['time_s'][k.replace('lirpa_', '')]:.2f}"
+                  for k in LIRPA) for r in rows)]
     return lines
 
 

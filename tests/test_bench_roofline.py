@@ -59,8 +59,11 @@ def test_micro_network_ops(bench_module, tmp_path):
     micro = bench_module("micro_network_ops")
     out = tmp_path / "micro"
     assert micro.main(["--repeats", "1", "--out", str(out)]) == 0
-    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    data = json.loads(out.with_suffix(".json").read_text())
+    rows = data["rows"]
     assert [tuple(r["shape"]) for r in rows] == micro.SHAPES
+    assert len(data["transposes"]) == len(micro.TRANSPOSES)
+    assert all(r["conv_transpose_ms"] > 0 and r["fold_ms"] > 0 for r in data["transposes"])
     assert all(r["abs_sum_ms"] > 0 and r["vector_norm_ms"] > 0 for r in rows)
     taps = json.loads(out.with_suffix(".json").read_text())["taps"]
     assert len(taps) == len(micro.TAPS)

@@ -1,6 +1,7 @@
 """Parsing: folded layers equal the unfolded modules; each op's transpose is its adjoint; errors."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from etbkernels.network import Normalize, bounds, parse_model
@@ -57,6 +58,32 @@ def test_avgpool_and_grouped_dilated_conv_transposes_are_adjoints():
     op = net.stages[0][0]
     u, v = torch.randn(1, 2, 8, 8, dtype=torch.float64), torch.randn(1, 3, 4, 4, dtype=torch.float64)
     torch.testing.assert_close((op.linear(u) * v).sum(), (u * op.transpose(v)).sum())
+
+
+@pytest.mark.parametrize("conv,hw", [
+    (nn.Conv2d(1, 16, 4, stride=2), 28),              # the small CNN's first layer
+    (nn.Conv2d(1, 5, 3, stride=2, padding=1), 9),     # odd size: output_padding in conv_transpose
+    (nn.Conv2d(1, 4, 3, stride=(3, 2), padding=(2, 0), dilation=2), 13),
+    (nn.Conv2d(1, 3, 2, stride=2), 1 + 2 * 3),
+])
+def test_single_channel_strided_conv_transposes_by_fold(conv, hw):
+    """Such convs take the matmul + F.fold transpose: the adjoint of the conv, equal to conv_transpose2d,
+    with gradients, on channels-last and contiguous rows."""
+    conv = conv.double()
+    x = torch.randn(2, 1, hw, hw + 1, dtype=torch.float64)
+    op = parse_model(nn.Sequential(conv), (1, hw, hw + 1), x).stages[0][0]
+    assert op.transpose_by_fold
+    v = torch.randn((3,) + tuple(op.out_shape), dtype=torch.float64, requires_grad=True)
+    u = torch.randn((3,) + tuple(op.in_shape), dtype=torch.float64)
+    t = op.transpose(v.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close((op.linear(u) * v).sum(), (u * t).sum())
+    want = F.conv_transpose2d(v, op.weight, None, op.stride, op.padding, op.output_padding, op.groups, op.dilation)
+    torch.testing.assert_close(t, want)
+    torch.testing.assert_close(op.transpose(v), want)
+    assert torch.autograd.gradcheck(op.transpose, (v[:1].detach().requires_grad_(),))
+    multi = parse_model(nn.Sequential(nn.Conv2d(3, 4, 3, stride=2).double()), (3, 9, 9),
+                        torch.randn(1, 3, 9, 9, dtype=torch.float64)).stages[0][0]
+    assert not multi.transpose_by_fold  # 3-channel input: conv_transpose2d was faster there
 
 
 @pytest.mark.parametrize("layer,match", [
