@@ -67,7 +67,7 @@ def bounds(model: nn.Module, x: Tensor, eps: Union[float, Tensor], *, method: st
     ETB's ``mask="ibp"``); ``"crown-forward"`` (CROWN's forward mode: every layer tighter than
     IBP, ~3x the cost of ETB's ``mask="etb"``; see docs/networks.md); ``"crown"`` (full CROWN:
     every layer's interval from CROWN's own backward pass, one row per neuron; the tightest sound
-    method here on networks not trained for IBP, and by far the slowest: 140-1,400x IBP on the
+    method here on networks not trained for IBP, and by far the slowest: 125-1,700x IBP on the
     small and medium CNN, so meant for evaluation on small batches). ``method="etb"`` gives
     Expected Tight Bounds: **expected bounds, not certificates** -- much tighter than IBP, but an
     attack may find outputs outside them; never report them as verified.

@@ -17,10 +17,10 @@ Robustness Certification with General Activation Functions", NeurIPS 2018; auto_
 Sound up to floating-point rounding. Cost: two rows per hidden neuron, each pulled back through
 the whole prefix before it: on its receptive-field windows while that prefix is convolutional
 (:mod:`.crown_windows`), else as a dense image (rows that come through a Linear layer), which
-costs a transposed pass of the prefix per row. ``python bench/crown_full.py``: 45 ms per sample on
-the small CNN and 1.25 s on the medium one, 142x and 1,420x IBP (9x and 5x less than with dense
-rows everywhere). It is the tightest sound method here on networks not trained for IBP, and the
-slowest.
+costs a transposed pass of the prefix per row. ``python bench/crown_full.py``: 38 ms per sample on
+the small CNN and 1.4 s on the medium one, 125x and 1,720x IBP (10x and 4.5x less than with dense
+rows everywhere; 1.7x and 2.0x less than auto_LiRPA 0.3's full CROWN, same bounds). It is the
+tightest sound method here on networks not trained for IBP, and the slowest.
 """
 from __future__ import annotations
 
