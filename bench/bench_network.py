@@ -92,15 +92,13 @@ def lirpa_fns(model, x):
         lirpa = auto_lirpa_compat.load()
     except ImportError as e:  # optional dependency
         return {}, f"auto_LiRPA unavailable ({e})"
-    bm = lirpa.BoundedModule(model, torch.zeros_like(x[:1]))
-    bt = lirpa.BoundedTensor(x, lirpa.PerturbationLpNorm(norm=float("inf"), eps=EPS))
+    fn = auto_lirpa_compat.lirpa_bounder(model, x, EPS)
     with torch.no_grad():
-        lo, up = bm.compute_bounds(x=(bt,), method="CROWN-IBP")
+        lo, up = fn("CROWN-IBP")
         ours = etbkernels.bounds(model, x, EPS, method="crown-ibp")
     diff = max((lo - ours.lower).abs().max().item(), (up - ours.upper).abs().max().item())
     diff /= max(up.abs().max().item(), lo.abs().max().item(), 1e-30)
-    return ({"lirpa_ibp": lambda: bm.compute_bounds(x=(bt,), method="IBP"),
-             "lirpa_crown_ibp": lambda: bm.compute_bounds(x=(bt,), method="CROWN-IBP")},
+    return ({"lirpa_ibp": lambda: fn("IBP"), "lirpa_crown_ibp": lambda: fn("CROWN-IBP")},
             f"auto_LiRPA {lirpa.__version__} (bench/auto_lirpa_compat.py): its CROWN-IBP bounds differ from ours by "
             f"at most {diff:.1e} of the largest bound (float32)")
 

@@ -58,14 +58,11 @@ def lirpa_available() -> str:
 
 
 def _lirpa_call(model, x, eps, key):
-    lirpa = auto_lirpa_compat.load()
-    bm = lirpa.BoundedModule(model, torch.zeros_like(x[:1]))  # traced once, outside the timing
-    bx = lirpa.BoundedTensor(x, lirpa.PerturbationLpNorm(norm=float("inf"), eps=eps))
+    bound = auto_lirpa_compat.lirpa_bounder(model, x, eps)  # traced once, outside the timing
 
     def fn():
         with torch.no_grad():
-            lo, up = bm.compute_bounds(x=(bx,), method=LIRPA[key][1])
-        return etbkernels.Bounds(lo, up)
+            return etbkernels.Bounds(*bound(LIRPA[key][1]))
     return fn
 
 

@@ -192,14 +192,12 @@ def _check(a, bt, s, wcol, wrow=None):
     return N, rows, cols, h
 
 
-def _launch(a, bt, s, wcol, wrow: Optional[torch.Tensor], both_layouts: bool = False, exact: bool = False,
-            precision: Optional[str] = None):
-    """The kernel launch behind the ops. ``precision`` ("tf32", "tf32x3", "ieee") overrides what
-    ``exact`` picks, for the benchmark's measurements only (bench/triton_sweep.py)."""
+def _launch(a, bt, s, wcol, wrow: Optional[torch.Tensor], both_layouts: bool = False, precision: str = "tf32"):
+    """The kernel launch behind the ops. ``precision`` of float32 products: "tf32" (bfloat16 operands
+    ignore it), "ieee" (exact fp32, ``exact=True``) or "tf32x3" (only bench/triton_sweep.py uses it)."""
     N, rows, cols, h = _check(a, bt, s, wcol, wrow)
-    if exact and a.dtype != torch.float32:
-        raise TypeError(f"tc_radius: exact=True needs float32 operands, got {a.dtype}")
-    precision = precision or ("ieee" if exact else "tf32")
+    if precision != "tf32" and a.dtype != torch.float32:
+        raise TypeError(f"tc_radius: {precision} products (exact=True) need float32 operands, got {a.dtype}")
     out = torch.empty(N, rows, device=a.device, dtype=torch.float32)
     write_t = wrow is not None
     write_tt = write_t and both_layouts
@@ -233,7 +231,7 @@ def tc_radius(a: torch.Tensor, bt: torch.Tensor, s: torch.Tensor, wcol: torch.Te
     s (N, h) 0/1 mask, wcol (N, cols) float32; all contiguous. Returns (N, rows) float32.
     ``exact=True`` (float32 only) multiplies in exact fp32 with FMAs instead of TF32 (the
     ``ETBK_CUDA_FFMA=triton`` variant of the "highest" path; no tensor cores)."""
-    return _launch(a, bt, s, wcol, None, exact=exact)[0]
+    return _launch(a, bt, s, wcol, None, precision="ieee" if exact else "tf32")[0]
 
 
 def tc_radius_grad(a: torch.Tensor, bt: torch.Tensor, s: torch.Tensor, wcol: torch.Tensor,

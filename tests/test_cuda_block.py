@@ -290,7 +290,7 @@ def test_backward_vs_reference_autograd(size, path):
         scale = b.abs().max().item() + 1e-6
         err = (a.double() - b).abs().max().item()
         # TF32 / BF16 backward: low-precision P (sign(P) flips near 0) and cuBLAS TF32 bmm
-        tol = {"highest": 3e-5, "medium": 6e-2}.get(path, 3e-2) * scale
+        tol = {"highest": 3e-5, "medium": 6e-2}.get(path.partition("+")[0], 3e-2) * scale
         assert err <= tol, f"grad {name}: max err {err:.3e} > {tol:.3e}"
 
 

@@ -80,10 +80,11 @@ class ConvOp(AffineOp):
             in_shape[1 + d] - ((self.out_shape[1 + d] - 1) * stride[d] - 2 * padding[d]
                                + dilation[d] * (weight.shape[2 + d] - 1) + 1)
             for d in range(2))
-        # A strided conv of a single-channel input (a grey-scale image's first layer) transposes
-        # faster as one matmul and a col2im (F.fold): 1.07-2.95x oneDNN's conv_transpose2d on the six
-        # such shapes of bench/micro_network_ops.py (512 images, 2 cores); on 3-channel inputs fold
-        # was 0.73-1.13x, on stride 1 0.12-0.77x, so those keep conv_transpose2d.
+        # On CPU, a strided conv of a single-channel input (a grey-scale image's first layer)
+        # transposes faster as one matmul and a col2im (F.fold): 1.07-2.95x oneDNN's conv_transpose2d
+        # on the six such shapes of bench/micro_network_ops.py (512 images, 2 cores); on 3-channel
+        # inputs fold was 0.73-1.13x, on stride 1 0.12-0.77x, so those keep conv_transpose2d. Not
+        # measured against cuDNN, so CUDA tensors keep conv_transpose2d too.
         self.transpose_by_fold = groups == 1 and weight.shape[1] == 1 and min(stride) >= 2
 
     def _conv(self, x, w, b=None):
@@ -99,7 +100,7 @@ class ConvOp(AffineOp):
         return self._conv(r, self.weight.abs())
 
     def transpose(self, y):
-        if self.transpose_by_fold:
+        if self.transpose_by_fold and y.device.type == "cpu":
             B, C, Ho, Wo = y.shape  # channels-last y makes the permute below a view
             cols = torch.matmul(y.permute(0, 2, 3, 1).reshape(B, Ho * Wo, C), self.weight.reshape(C, -1))
             return F.fold(cols.transpose(1, 2), tuple(self.in_shape[1:]), tuple(self.weight.shape[2:]),
