@@ -3,6 +3,7 @@ from __future__ import annotations
 
 
 def progress(iterable, **kwargs):
+    """``iterable`` wrapped in a tqdm bar (shown on a terminal only); unchanged without tqdm."""
     try:
         from tqdm.auto import tqdm
     except ImportError:  # tqdm is optional

@@ -64,7 +64,8 @@ def pgd_attack(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, eps: flo
         eps: L-inf radius (>= 0) in the same units.
         steps, restarts: PGD iterations per restart and random restarts; a sample counts as
             broken if any restart breaks it.
-        step_size: defaults to 2.5 * eps / steps (at least eps / 4 for short runs).
+        step_size: defaults to max(2.5 * eps / steps, eps / 4): 2.5 * eps / steps up to 10 steps,
+            eps / 4 from then on.
         clip: valid input range the adversarial point must stay in, or None.
 
     Returns:

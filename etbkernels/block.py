@@ -12,6 +12,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from ._checks import require_dense
 from ._ops import ops
 from .bounds_type import Bounds
 
@@ -33,19 +34,18 @@ def _prepare(op: str, center, radius, named: dict):
             continue
         if not isinstance(t, Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor or None, got {type(t).__name__}")
-        if t.layout != torch.strided:
-            raise TypeError(f"{op}: {name} must be a dense (strided) tensor, got layout {t.layout}")
+        require_dense(op, name, t)
         if t.device != center.device:
             raise ValueError(f"{op}: all tensors must be on the same device; center is on {center.device} but "
                              f"{name} is on {t.device}")
         if t.dtype != center.dtype:
             raise TypeError(f"{op}: all tensors must have the same dtype; center is {center.dtype} but {name} "
                             f"is {t.dtype} (convert with .to({center.dtype}))")
-    if center.layout != torch.strided:
-        raise TypeError(f"{op}: center must be a dense (strided) tensor, got layout {center.layout}")
+    require_dense(op, "center", center)
     if center.dim() not in (1, 2):
         raise ValueError(f"{op}: center must be (n,) or (N, n), got shape {tuple(center.shape)}")
     if isinstance(radius, Tensor):
+        require_dense(op, "radius", radius)
         if radius.device != center.device:
             raise ValueError(f"{op}: all tensors must be on the same device; center is on {center.device} but "
                              f"radius is on {radius.device}")
@@ -122,6 +122,7 @@ def etb_block(center: Tensor, radius: Union[Tensor, float], w1: Tensor, b1: Opti
     if mask is not None:
         if not isinstance(mask, Tensor):
             raise TypeError(f"etb_block: mask must be a torch.Tensor or None, got {type(mask).__name__}")
+        require_dense("etb_block", "mask", mask)
         if mask.device != c.device:
             raise ValueError(f"etb_block: mask must be on {c.device} like center, got {mask.device}")
         if squeeze and mask.dim() == 1:

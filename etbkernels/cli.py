@@ -82,6 +82,7 @@ def _device(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m etbkernels`` parser: subcommands train, eval and plot with their options."""
     from .training.data import DATASETS, MODELS
 
     p = argparse.ArgumentParser(prog="python -m etbkernels",
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive, default=200)
     e.add_argument("--pgd-steps", type=_nonneg, default=40)
     e.add_argument("--pgd-restarts", type=_positive, default=1)
-    e.add_argument("--pgd-step-size", type=float, help="default 2.5 * eps / steps")
+    e.add_argument("--pgd-step-size", type=float, help="default max(2.5 * eps / steps, eps / 4)")
     e.add_argument("--float32", action="store_true", help="bounds in float32 (default float64)")
     e.add_argument("--etb-mask", choices=("ibp", "etb"), default="ibp")
     e.add_argument("--full-crown", action="store_true", help="also verify with full CROWN (sound, the tightest "

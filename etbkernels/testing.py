@@ -51,6 +51,7 @@ class Block:
     b2: Optional[Tensor]
 
     def args(self):
+        """The positional arguments of ``etb_block`` / ``ibp_block``: (center, radius, w1, b1, w2, b2)."""
         return self.center, self.radius, self.w1, self.b1, self.w2, self.b2
 
 

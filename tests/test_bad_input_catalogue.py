@@ -66,6 +66,23 @@ def test_bounds_x_sparse():
         E.bounds(model, x.to_sparse(), 0.1)
 
 
+def test_bounds_sparse_eps_mask_or_spec_named():
+    """A sparse eps, given mask or spec is refused by name (it used to fail later with a message
+    about broadcasting or a missing SparseCPU kernel)."""
+    model, x = _models()[0]
+    with pytest.raises(TypeError, match="eps must be a dense .strided. tensor, got layout torch.sparse_coo"):
+        E.bounds(model, x, torch.full_like(x, 0.1).to_sparse(), method="ibp")
+    _, layers = E.bounds(model, x, 0.1, method="ibp", return_layers=True)
+    masks = [(b.upper > 0).to(x.dtype) for b in layers]
+    E.bounds(model, x, 0.1, mask=masks)  # dense masks are fine
+    with pytest.raises(TypeError, match=r"mask\[0\] must be a dense .strided. tensor"):
+        E.bounds(model, x, 0.1, mask=[masks[0].to_sparse()] + masks[1:])
+    spec = torch.tensor([[1.0, -1.0]], dtype=x.dtype)
+    E.bounds(model, x, 0.1, method="ibp", spec=spec)
+    with pytest.raises(TypeError, match="spec must be a dense .strided. tensor"):
+        E.bounds(model, x, 0.1, method="ibp", spec=spec.to_sparse())
+
+
 @pytest.mark.parametrize("eps", [float("nan"), -1e-9])
 def test_bounds_eps_number_nan_or_negative(eps):
     model, x = _models()[0]

@@ -31,7 +31,9 @@ C, R_, W1, B1, W2, B2 = BLK.args()
         ({"radius": R_.float()}, TypeError, r"same dtype.*radius"),
         ({"w2": W2.numpy()}, TypeError, r"w2 must be a torch.Tensor"),
         ({"w1": W1.to("meta")}, ValueError, r"same device.*w1 is on meta"),
-        ({"w1": W1.to_sparse()}, TypeError, r"dense|strided|sparse"),
+        ({"w1": W1.to_sparse()}, TypeError, r"w1 must be a dense \(strided\) tensor, got layout torch.sparse_coo"),
+        ({"radius": R_.to_sparse()}, TypeError, r"radius must be a dense \(strided\) tensor"),
+        ({"center": C.to_sparse_csr()}, TypeError, r"center must be a dense \(strided\) tensor"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
@@ -51,6 +53,7 @@ def test_bad_inputs(fn, override, exc, pattern):
         (torch.ones(4, 5, dtype=torch.complex64), TypeError, r"bool or real"),
         (torch.ones(4, 5).to("meta"), ValueError, r"mask must be on cpu"),
         ([[1] * 5] * 4, TypeError, r"mask must be a torch.Tensor"),
+        (torch.ones(4, 5, dtype=torch.float64).to_sparse(), TypeError, r"mask must be a dense \(strided\) tensor"),
     ],
 )
 def test_bad_masks(mask, exc, pattern):

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .._checks import require_dense
 from ..block import etb_block
 from ..bounds_type import Bounds
 from .crown import crown_backward
@@ -34,7 +35,8 @@ def margin_spec(labels: Tensor, num_classes: int, dtype=torch.float32) -> Tensor
 
     ``bounds(model, x, eps, spec=margin_spec(y, 10)).lower[:, j] > 0`` for every j says that
     the bound on ``z_y - z_j`` is positive. Folding the spec into the last layer is tighter than
-    subtracting output bounds.
+    subtracting output bounds. ``dtype`` is the spec's (use the model's, e.g. torch.float64);
+    ``bounds`` converts a spec to ``x``'s dtype anyway.
     """
     if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() \
             or labels.dtype == torch.bool:
@@ -88,7 +90,8 @@ def bounds(model: nn.Module, x: Tensor, eps: Union[float, Tensor], *, method: st
         center_at: ETB only. "output" (default): intervals centred on the network's real
             pre-activations/outputs at the box centre, f_k(mu) (what the authors' training loss
             uses, and far less often violated by attacks: see docs/networks.md); "linear": on
-            the masked linearization T_k(mu). Same radius |J_k| r either way.
+            the masked linearization T_k(mu). The same masks give the same radius |J_k| r; with
+            mask="etb" the masks come from the centred upper bounds, so they (and the radius) can differ.
         spec: optional (N, K, outputs) or (K, outputs) matrix C; the result bounds ``C @ output``
             with C folded into the last layer (see :func:`margin_spec`).
         clip: optional (low, high) valid input range: the box becomes
@@ -328,8 +331,7 @@ def _check_x(x) -> Tensor:
         raise TypeError(f"bounds: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"bounds: x must be float32 or float64, got {x.dtype}")
-    if x.layout != torch.strided:
-        raise TypeError(f"bounds: x must be a dense (strided) tensor, got layout {x.layout}")
+    require_dense("bounds", "x", x)
     if x.dim() < 2:
         raise ValueError(f"bounds: x must be batched, (N, *input shape), got shape {tuple(x.shape)}; "
                          "use x.unsqueeze(0) for one sample")
@@ -342,6 +344,7 @@ def _box(x: Tensor, eps, clip):
             raise ValueError(f"bounds: eps must be >= 0, got {eps}")
         eps_t = torch.full_like(x, float(eps))
     elif isinstance(eps, Tensor):
+        require_dense("bounds", "eps", eps)
         if not eps.is_floating_point():
             raise TypeError(f"bounds: eps must be a floating-point tensor or a number, got {eps.dtype}")
         if eps.device != x.device:
@@ -379,6 +382,7 @@ def _check_spec(spec, net: Network, x: Tensor) -> Optional[Tensor]:
         return None
     if not isinstance(spec, Tensor):
         raise TypeError(f"bounds: spec must be a tensor or None, got {type(spec).__name__}")
+    require_dense("bounds", "spec", spec)
     if spec.is_complex() or spec.dtype == torch.bool:
         raise TypeError(f"bounds: spec must be a real (floating-point or integer) tensor, got {spec.dtype}")
     if spec.device != x.device:
@@ -404,6 +408,7 @@ def _check_masks(masks, net: Network, mu: Tensor) -> List[Tensor]:
         if not isinstance(m, Tensor) or tuple(m.shape) != want:
             raise ValueError(f"bounds: mask[{i}] must be a tensor of shape {want}, got "
                              f"{tuple(getattr(m, 'shape', ())) or type(m).__name__}")
+        require_dense("bounds", f"mask[{i}]", m)
         if m.is_complex():
             raise TypeError(f"bounds: mask[{i}] must be bool or real, got {m.dtype}")
         if m.device != mu.device:

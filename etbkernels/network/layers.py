@@ -29,15 +29,19 @@ class AffineOp:
     out_shape: Shape
 
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - interface
+        """The affine map with its bias, on (B, *in_shape): e.g. a centre."""
         raise NotImplementedError
 
     def linear(self, x: Tensor) -> Tensor:  # pragma: no cover - interface
+        """The linear part alone (no bias), on (B, *in_shape): directions of a Jacobian."""
         raise NotImplementedError
 
     def abs_linear(self, r: Tensor) -> Tensor:  # pragma: no cover - interface
+        """``|W| r`` on (B, *in_shape): IBP's radius step."""
         raise NotImplementedError
 
     def transpose(self, y: Tensor) -> Tensor:  # pragma: no cover - interface
+        """``W^T y`` on (B, *out_shape): rows of a Jacobian formed backward."""
         raise NotImplementedError
 
 

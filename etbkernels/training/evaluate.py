@@ -65,7 +65,8 @@ def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit
     """Evaluates a checkpoint on the test split; returns a JSON-ready dict (see :data:`COLUMNS`).
 
     Args:
-        eps: L-inf radius in pixels (default: the training eps; 0 for nominal runs must be given).
+        eps: L-inf radius in pixels (default: the ``eps`` of the run's config, which a nominal run
+            stores too although it did not train with it).
         limit: first ``limit`` test images (default all).
         pgd_*: PGD against the true labels (random start, ``pgd_restarts`` restarts).
         float64: compute the bounds (and the violation attack) in float64.

@@ -100,6 +100,7 @@ class TrainConfig:
         self.mlp_widths = [int(w) for w in self.mlp_widths]
 
     def to_dict(self) -> Dict:
+        """The configuration as plain JSON-ready values (saved with checkpoints and run logs)."""
         return dataclasses.asdict(self)
 
 
