@@ -34,8 +34,9 @@ def margin_spec(labels: Tensor, num_classes: int, dtype=torch.float32) -> Tensor
     """Specification rows ``e_y - e_j`` (j != y) for margin bounds: (N, num_classes - 1, num_classes).
 
     ``bounds(model, x, eps, spec=margin_spec(y, 10)).lower[:, j] > 0`` for every j says that
-    the bound on ``z_y - z_j`` is positive. Folding the spec into the last layer is tighter than
-    subtracting output bounds. ``dtype`` is the spec's (use the model's, e.g. torch.float64);
+    the bound on ``z_y - z_j`` is positive. Folding the spec into the last layer is never looser than
+    subtracting output bounds for IBP and ETB, and usually tighter for the CROWN methods (which
+    relax each row on its own, so not always). ``dtype`` is the spec's (use the model's, e.g. torch.float64);
     ``bounds`` converts a spec to ``x``'s dtype anyway.
     """
     if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() \
@@ -107,7 +108,8 @@ def bounds(model: nn.Module, x: Tensor, eps: Union[float, Tensor], *, method: st
             backward too.
 
     Returns:
-        :class:`~etbkernels.Bounds` of shape (N, outputs) or (N, K); with ``return_layers``, a
+        :class:`~etbkernels.Bounds` of the model's output shape (N, *output shape), or (N, K)
+        with a spec; with ``return_layers``, a
         tuple ``(output bounds, [pre-activation bounds of each ReLU, in layer shape])``.
         Differentiable in x, eps and the model's parameters (the masks carry no gradient).
 
@@ -150,6 +152,9 @@ def bounds(model: nn.Module, x: Tensor, eps: Union[float, Tensor], *, method: st
     else:
         layers = _etb(net, mu, r, mask, center_at, spec, return_layers, chunk_size)
     out = layers[-1]
+    if spec is None:  # every method in the model's output shape (some work on flat rows)
+        shape = (x.shape[0],) + tuple(net.out_shape)
+        out = Bounds(out.lower.reshape(shape), out.upper.reshape(shape))
     if net.relu_last:
         out = Bounds(torch.relu(out.lower), torch.relu(out.upper))
     if return_layers:
@@ -247,7 +252,8 @@ def _crown_output(net: Network, mu, r, pre: List[Bounds], spec, chunk_size) -> B
         return crown_backward(net, mu_c, r_c, pairs, spec2 if spec_c is None else spec_c)
 
     lower, upper = _chunked(run, mu.shape[0], chunk, mu, r, spec3, *[t for b in pre for t in (b.lower, b.upper)])
-    return Bounds(lower, upper)
+    # where the interval has no width (eps = 0) rounding can cross its ends by an ulp
+    return Bounds(lower, torch.maximum(upper, lower))
 
 
 def _split_spec(spec):

@@ -173,7 +173,8 @@ def crown_forward(net: Network, mu: Tensor, r: Tensor, first, spec: Optional[Ten
     U, L = dirs.upper_lower()
     vu, vl = (cm, cm) if cd is None else (cm + cd, cm - cd)
     ic, ir = ic.flatten(1), ir.flatten(1)
-    out.append(intersect(vl - dirs.radius(L, r), vu + dirs.radius(U, r), ic - ir, ic + ir))
+    # radii come in layer shape where the output is a conv grid; the centres are flat here
+    out.append(intersect(vl - dirs.radius(L, r).flatten(1), vu + dirs.radius(U, r).flatten(1), ic - ir, ic + ir))
     return out
 
 

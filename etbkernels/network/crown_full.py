@@ -100,6 +100,7 @@ def crown_layers(net: Network, mu: Tensor, r: Tensor, spec: Optional[Tensor] = N
     ic, ir = ibp_stage(net.stages[0], mu, r, spec if last == 0 else None)
     if last == 0:  # an affine network: the backward pass is exact
         lo, up = crown_backward(net, mu, r, [], spec, images_per_call)
+        ic, ir = ic.flatten(1), ir.flatten(1)
         return [intersect(lo, up, ic - ir, ic + ir)]
     if ibp_is_exact(net.stages[0]):
         out = [(ic - ir, ic + ir)]

@@ -202,7 +202,7 @@ def _output_from_tail(net: Network, t: int, P, D, r: Tensor, rad: Tensor, z: Ten
     if P is not None:
         D = patches.to_directions(P, r)
     if D is not None:
-        D = D.reshape(D.shape[0], D.shape[1], -1)
+        D = D.reshape(D.shape[0], D.shape[1], math.prod(D.shape[2:]))  # no -1: an empty batch has 0 elements
     z, rows = lazy_tail(net, t, D, rad, z, r, lambda v, s: _next_activation(v, s, center_at))
     if spec is not None:
         z, rows = spec_values(z, spec), torch.matmul(spec, rows)

@@ -146,9 +146,10 @@ def _unfold_radius(patch: Patch, r: Tensor) -> Tensor:
     P, S, pad = patch
     H, W, C0, Rh, Rw = P.shape[1:6]
     H0, W0 = r.shape[2:]
-    right_h = (H - 1) * S[0] + Rh - H0 - pad[0]
-    right_w = (W - 1) * S[1] + Rw - W0 - pad[1]
-    rp = F.pad(r, (pad[1], right_w, pad[0], right_h))  # negative amounts crop
+    Ht, Wt = (H - 1) * S[0] + Rh, (W - 1) * S[1] + Rw  # the padded extent the windows cover
+    # pad, then crop what the windows do not reach: F.pad's own negative amounts would crop the
+    # input before padding it and fail where a window lies in the padding only
+    rp = F.pad(r, (pad[1], max(0, Wt - W0 - pad[1]), pad[0], max(0, Ht - H0 - pad[0])))[..., :Ht, :Wt]
     return F.unfold(rp, (Rh, Rw), stride=S).reshape(r.shape[0], C0, Rh, Rw, H, W)
 
 
