@@ -11,7 +11,9 @@ float32, random weights, eps 0.1, no gradients) this times, in one run:
 - ``per_logit``:      the authors' release algorithm written plainly: IBP masks, a masked forward
                       pass, then one torch.autograd.grad pass per logit (K passes)
 - ``etb_mask_etb``:   etbkernels.bounds(mask="etb"): every layer's ETB bound (blockwise masks)
-- ``*_fwd_bwd``:      the same plus a backward pass of a loss on the bounds (training cost)
+- ``*_fwd_bwd``:      the same plus a backward pass of a loss on the bounds (training cost);
+                      ``per_logit_fwd_bwd`` takes its K passes with ``create_graph=True``, as
+                      training through the authors' algorithm must
 
 auto_LiRPA 0.3 is an optional comparison (``lirpa_ibp``, ``lirpa_crown_ibp``): timed when it
 imports through bench/auto_lirpa_compat.py (scripts/setup.sh installs it), reported as
@@ -44,8 +46,12 @@ import auto_lirpa_compat  # noqa: E402
 EPS = 0.1
 
 
-def per_logit_autograd(model: nn.Sequential, x: torch.Tensor, eps: float) -> etbkernels.Bounds:
-    """The authors' release algorithm: IBP masks, then one autograd pass per logit."""
+def per_logit_autograd(model: nn.Sequential, x: torch.Tensor, eps: float,
+                       create_graph: bool = False) -> etbkernels.Bounds:
+    """The authors' release algorithm: IBP masks, then one autograd pass per logit.
+
+    ``create_graph=True`` keeps the passes differentiable in the weights (for training), at the
+    cost of a double backward when a loss on the result is backpropagated."""
     _, layers = etbkernels.bounds(model, x, eps, method="ibp", return_layers=True)
     masks = [(b.upper > 0).to(x.dtype) for b in layers]
     with torch.enable_grad():
@@ -59,7 +65,8 @@ def per_logit_autograd(model: nn.Sequential, x: torch.Tensor, eps: float) -> etb
                 z = m(z)
         radius = []
         for j in range(z.shape[1]):
-            (g,) = torch.autograd.grad(z[:, j].sum(), xx, retain_graph=j + 1 < z.shape[1])
+            (g,) = torch.autograd.grad(z[:, j].sum(), xx, retain_graph=create_graph or j + 1 < z.shape[1],
+                                       create_graph=create_graph)
             radius.append(g.abs().flatten(1).sum(1) * eps)
     center = model(x)
     return etbkernels.Bounds.from_center_radius(center, torch.stack(radius, 1))
@@ -82,6 +89,12 @@ def _time(fn, repeats: int) -> float:
 def _fwd_bwd(model, x, **kw):
     model.zero_grad()
     b = etbkernels.bounds(model, x, EPS, **kw)
+    (b.upper - b.lower).sum().backward()
+
+
+def _per_logit_fwd_bwd(model, x):
+    model.zero_grad()
+    b = per_logit_autograd(model, x, EPS, create_graph=True)
     (b.upper - b.lower).sum().backward()
 
 
@@ -127,6 +140,13 @@ def main():
         b = per_logit_autograd(model, x[:8], EPS)
         err = (a.radius - b.radius).abs().max().item() / b.radius.abs().max().item()
         notes.append(f"{name}: max relative difference ETB(mask=ibp) vs per-logit autograd radius: {err:.2e}")
+        if not args.frozen:  # and the same weight gradients, so the training-step timings compare like with like
+            grads = []
+            for step in (lambda: _fwd_bwd(model, x[:8], mask="ibp"), lambda: _per_logit_fwd_bwd(model, x[:8])):
+                step()
+                grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+            gerr = (grads[0] - grads[1]).abs().max().item() / grads[1].abs().max().item()
+            notes.append(f"{name}: max relative difference of their weight gradients (loss: width sum): {gerr:.2e}")
         fns = {
             "ibp": lambda: etbkernels.bounds(model, x, EPS, method="ibp"),
             "crown_ibp": lambda: etbkernels.bounds(model, x, EPS, method="crown-ibp"),
@@ -146,12 +166,15 @@ def main():
         if not (args.skip_backward or args.frozen):
             back = {"ibp_fwd_bwd": lambda: _fwd_bwd(model, x, method="ibp"),
                     "crown_ibp_fwd_bwd": lambda: _fwd_bwd(model, x, method="crown-ibp"),
-                    "etb_mask_ibp_fwd_bwd": lambda: _fwd_bwd(model, x, mask="ibp")}
+                    "etb_mask_ibp_fwd_bwd": lambda: _fwd_bwd(model, x, mask="ibp"),
+                    "per_logit_fwd_bwd": lambda: _per_logit_fwd_bwd(model, x)}
             for key, fn in tqdm(list(back.items()), desc=f"{name} fwd+bwd"):
                 res[key] = _time(fn, args.repeats)
         row = {"model": name, "batch": args.batch, **{k: round(v, 4) for k, v in res.items()}}
         row["per_logit_over_etb_mask_ibp"] = round(res["per_logit"] / res["etb_mask_ibp"], 2)
         row["etb_mask_ibp_over_ibp"] = round(res["etb_mask_ibp"] / res["ibp"], 2)
+        if "per_logit_fwd_bwd" in res:  # the same comparison for a training step
+            row["per_logit_over_etb_mask_ibp_fwd_bwd"] = round(res["per_logit_fwd_bwd"] / res["etb_mask_ibp_fwd_bwd"], 2)
         row["crown_ibp_over_ibp"] = round(res["crown_ibp"] / res["ibp"], 2)
         if "lirpa_ibp" in res:  # auto_LiRPA's time over ours, same method (above 1: ours is faster)
             row["lirpa_ibp_over_ibp"] = round(res["lirpa_ibp"] / res["ibp"], 2)
