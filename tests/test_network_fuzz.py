@@ -325,32 +325,22 @@ def test_etb_equals_references(seed):
     ref = reference_model(case.model)
     cuts = relu_cuts(case.model)
     for center_at in ("linear", "output"):
-        c, r = per_logit_autograd(ref, case.mu, case.r, center_at, spec=case.spec)
-        lo, up = with_relu_last(case, c, r)
-        b = case.bounds(mask="ibp", center_at=center_at)
-        bl, layers = case.bounds(mask="ibp", center_at=center_at, return_layers=True)
-        for got, how in ((b, "backward"), (bl, "forward")):
-            close(got.lower, lo, f"mask=ibp {how} lower, {center_at}")
-            close(got.upper, up, f"mask=ibp {how} upper, {center_at}")
-        if cuts is not None:
-            assert len(layers) == len(cuts)
-            for k, (got, cut) in enumerate(zip(layers, cuts)):
-                c, r = per_logit_autograd(cut, case.mu, case.r, center_at)
-                close(got.center.flatten(1), c, f"mask=ibp layer {k} centre, {center_at}")
-                close(got.radius.flatten(1), r, f"mask=ibp layer {k} radius, {center_at}")
-
-        (c, r), layers_ref = blockwise_jacobian_ref(ref, case.mu, case.r, center_at, spec=case.spec)
-        lo, up = with_relu_last(case, c, r)
-        b = case.bounds(mask="etb", center_at=center_at)
-        bl, layers = case.bounds(mask="etb", center_at=center_at, return_layers=True)
-        for got, how in ((b, "output only"), (bl, "return_layers")):
-            close(got.lower, lo, f"mask=etb {how} lower, {center_at}")
-            close(got.upper, up, f"mask=etb {how} upper, {center_at}")
-        if cuts is not None:
-            assert len(layers) == len(layers_ref)
-            for k, (got, (c, r)) in enumerate(zip(layers, layers_ref)):
-                close(got.center.flatten(1), c, f"mask=etb layer {k} centre, {center_at}")
-                close(got.radius.flatten(1), r, f"mask=etb layer {k} radius, {center_at}")
+        out_ibp = per_logit_autograd(ref, case.mu, case.r, center_at, spec=case.spec)
+        layers_ibp = None if cuts is None else [per_logit_autograd(cut, case.mu, case.r, center_at) for cut in cuts]
+        out_etb, layers_etb = blockwise_jacobian_ref(ref, case.mu, case.r, center_at, spec=case.spec)
+        for mask, (c, r), layer_refs in (("ibp", out_ibp, layers_ibp),
+                                         ("etb", out_etb, None if cuts is None else layers_etb)):
+            lo, up = with_relu_last(case, c, r)
+            b = case.bounds(mask=mask, center_at=center_at)
+            bl, layers = case.bounds(mask=mask, center_at=center_at, return_layers=True)
+            for got, how in ((b, "output only"), (bl, "return_layers")):
+                close(got.lower, lo, f"mask={mask} {how} lower, {center_at}")
+                close(got.upper, up, f"mask={mask} {how} upper, {center_at}")
+            if layer_refs is not None:
+                assert len(layers) == len(layer_refs)
+                for k, (got, (c, r)) in enumerate(zip(layers, layer_refs)):
+                    close(got.center.flatten(1), c, f"mask={mask} layer {k} centre, {center_at}")
+                    close(got.radius.flatten(1), r, f"mask={mask} layer {k} radius, {center_at}")
 
 
 @pytest.mark.parametrize("seed", seeds(24, 1000))
@@ -397,26 +387,21 @@ def test_crown_methods_equal_dense_references(seed):
     out_too = case.spec is None or isinstance(ref[-1], nn.Linear)
     same_stages = relu_cuts(case.model) is not None
     fwd = crown_forward_ref(ref, case.mu, case.r, case.spec)
-    got, layers = case.bounds(method="crown-forward", return_layers=True)
-    if same_stages:
-        for k, (g, (l, u)) in enumerate(zip(layers, fwd[:-1])):
-            close(g.lower.flatten(1), l, f"crown-forward ReLU {k} lower")
-            close(g.upper.flatten(1), u, f"crown-forward ReLU {k} upper")
-    if out_too:
-        blo, bup = crown_ibp_ref(ref, case.mu, case.r, case.spec, pre=fwd[:-1])
-        lo, up = torch.maximum(fwd[-1][0], blo), torch.minimum(fwd[-1][1], bup)
-        close(got.lower, torch.relu(lo) if case.relu_last else lo, "crown-forward output lower")
-        close(got.upper, torch.relu(up) if case.relu_last else up, "crown-forward output upper")
     full = crown_full_ref(ref, case.mu, case.r, case.spec)
-    got, layers = case.bounds(method="crown", return_layers=True)
-    if same_stages:
-        for k, (g, (l, u)) in enumerate(zip(layers, full[:-1])):
-            close(g.lower.flatten(1), l, f"crown ReLU {k} lower")
-            close(g.upper.flatten(1), u, f"crown ReLU {k} upper")
-    if out_too:
-        lo, up = full[-1]
-        close(got.lower, torch.relu(lo) if case.relu_last else lo, "crown output lower")
-        close(got.upper, torch.relu(up) if case.relu_last else up, "crown output upper")
+    fwd_out = None
+    if out_too:  # the forward mode's output, intersected with a backward pass on its hidden bounds
+        blo, bup = crown_ibp_ref(ref, case.mu, case.r, case.spec, pre=fwd[:-1])
+        fwd_out = torch.maximum(fwd[-1][0], blo), torch.minimum(fwd[-1][1], bup)
+    for method, layer_refs, (lo, up) in (("crown-forward", fwd[:-1], fwd_out or (None, None)),
+                                         ("crown", full[:-1], full[-1])):
+        got, layers = case.bounds(method=method, return_layers=True)
+        if same_stages:
+            for k, (g, (l, u)) in enumerate(zip(layers, layer_refs)):
+                close(g.lower.flatten(1), l, f"{method} ReLU {k} lower")
+                close(g.upper.flatten(1), u, f"{method} ReLU {k} upper")
+        if out_too:
+            close(got.lower, torch.relu(lo) if case.relu_last else lo, f"{method} output lower")
+            close(got.upper, torch.relu(up) if case.relu_last else up, f"{method} output upper")
 
 
 # ------------------------------------------------------------------------------------ soundness
