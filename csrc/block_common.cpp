@@ -84,7 +84,12 @@ Grads6 etb_block_backward_impl(const at::Tensor& grad_center, const at::Tensor& 
   if (d.N > 0 && d.n > 0 && d.h > 0 && d.m > 0) {
     at::Tensor dw1_r = empty_poisoned({d.h, d.n}, center.options());
     at::Tensor dw2_r = empty_poisoned({d.m, d.h}, center.options());
-    radius_bwd(grad_radius.contiguous(), W1, W2, S, radius.contiguous(), dradius, dw1_r, dw2_r);
+    // A sample with no active unit has P = 0 and no radius gradient; its radius goes in as 0, since
+    // T = G r sign(0) is NaN for an infinite or NaN r and would reach every weight (0 * NaN) on
+    // kernels that multiply it by the masked weights (all but the CPU's gathered strategy).
+    const at::Tensor live = S.ne(0).any(1, /*keepdim=*/true);
+    const at::Tensor R = at::where(live, radius, at::zeros({}, radius.options())).contiguous();
+    radius_bwd(grad_radius.contiguous(), W1, W2, S, R, dradius, dw1_r, dw2_r);
     dw1.add_(dw1_r);
     dw2.add_(dw2_r);
   }

@@ -107,7 +107,9 @@ inline at::Tensor prepare_mask(const char* op, const at::Tensor& mask, const Blo
       return c10::str(op, ": mask must hold only 0 and 1 (or be bool); it has other values (or NaN)");
     });
   }
-  return mask.to(ref.scalar_type()).contiguous();
+  at::Tensor s = mask.to(ref.scalar_type()).contiguous();
+  // the op returns s: a fresh tensor, never the caller's own mask (the schema promises no alias)
+  return s.is_alias_of(mask) ? s.clone() : s;
 }
 
 }  // namespace etbk

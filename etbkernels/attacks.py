@@ -5,9 +5,11 @@ Used to measure how often an ETB interval fails to contain values the network re
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -21,8 +23,11 @@ def pgd_output_range(fn: Callable[[Tensor], Tensor], lower_in: Tensor, upper_in:
     """
     if lower_in.shape != upper_in.shape:
         raise ValueError(f"pgd_output_range: lower_in {tuple(lower_in.shape)} and upper_in {tuple(upper_in.shape)} differ")
-    if (upper_in < lower_in).any():
-        raise ValueError("pgd_output_range: upper_in must be >= lower_in")
+    if (upper_in < lower_in).any() or lower_in.isnan().any() or upper_in.isnan().any():
+        raise ValueError("pgd_output_range: need lower_in <= upper_in, without NaN")
+    if steps < 0 or restarts < 1 or not (math.isfinite(step_frac) and step_frac >= 0):
+        raise ValueError(f"pgd_output_range: need steps >= 0, restarts >= 1 and a finite step_frac >= 0, got "
+                         f"{steps}, {restarts}, {step_frac}")
     N = lower_in.shape[0]
     with torch.no_grad():
         m = fn(((lower_in + upper_in) / 2)[:1]).shape[-1]
@@ -69,11 +74,14 @@ def pgd_attack(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, eps: flo
         clip: valid input range the adversarial point must stay in, or None.
 
     Returns:
-        (x_adv, still_correct): the strongest point found per sample (a misclassified one where
-        found) and a bool (N,) mask of samples the attack did not break.
+        (x_adv, still_correct): per sample, a misclassified point where a restart ended on one, else
+        the highest-loss correctly classified point it visited (for adversarial training); and a
+        bool (N,) mask of the samples it did not break (judged at the end of each restart).
     """
-    if eps < 0:
-        raise ValueError(f"pgd_attack: eps must be >= 0, got {eps}")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"pgd_attack: eps must be finite and >= 0, got {eps}")
+    if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
+        raise ValueError(f"pgd_attack: step_size must be finite and > 0, got {step_size}")
     if steps < 0 or restarts < 1:
         raise ValueError(f"pgd_attack: need steps >= 0 and restarts >= 1, got {steps}, {restarts}")
     if x.shape[0] != y.shape[0]:
@@ -85,18 +93,28 @@ def pgd_attack(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, eps: flo
     g = torch.Generator(device="cpu").manual_seed(seed)
     x_best = x.detach().clone()
     with torch.no_grad():
-        correct = model(x).argmax(1) == y
+        logits = model(x)
+        correct = logits.argmax(1) == y
+        best_loss = F.cross_entropy(logits, y, reduction="none")  # of x_best, for unbroken samples
     for _ in range(restarts):
         u = torch.rand(x.shape, generator=g).to(x)
         xa = (lo + u * (hi - lo)).detach()
-        for _ in range(steps):
-            xa.requires_grad_(True)
-            loss = torch.nn.functional.cross_entropy(model(xa), y, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, xa)
+        for it in range(steps + 1):  # the last pass only scores the final point
+            xa.requires_grad_(it < steps)
+            with torch.set_grad_enabled(it < steps):
+                logits = model(xa)
+                loss = F.cross_entropy(logits, y, reduction="none")
+            # an unbroken sample keeps the highest-loss point seen that the model still gets right
+            # (for adversarial training; a sample counts as broken by a restart's last point only)
+            better = correct & (loss.detach() > best_loss) & (logits.detach().argmax(1) == y)
+            x_best[better] = xa.detach()[better]
+            best_loss = torch.where(better, loss.detach(), best_loss)
+            if it == steps:
+                break
+            (grad,) = torch.autograd.grad(loss.sum(), xa)
             xa = torch.minimum(torch.maximum(xa.detach() + step * grad.sign(), lo), hi)
-        with torch.no_grad():
-            fooled = model(xa).argmax(1) != y
+        fooled = logits.detach().argmax(1) != y
         newly = fooled & correct
-        x_best[newly] = xa[newly]
+        x_best[newly] = xa.detach()[newly]
         correct &= ~fooled
     return x_best, correct

@@ -7,6 +7,7 @@ bfloat16, bool masks) into the strict form the compiled ops take, and wrap the r
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Union
 
 import torch
@@ -54,8 +55,10 @@ def _prepare(op: str, center, radius, named: dict):
                 raise TypeError(f"{op}: radius must be floating point, got {radius.dtype}")
             raise TypeError(f"{op}: all tensors must have the same dtype; center is {center.dtype} but radius "
                             f"is {radius.dtype}")
-    elif isinstance(radius, (int, float)) and not isinstance(radius, bool):
-        radius = torch.tensor(float(radius), dtype=center.dtype, device=center.device)
+    elif isinstance(radius, numbers.Real) and not isinstance(radius, bool):  # numpy scalars too
+        # in the compute dtype: float16/bfloat16 run in float32, so a small eps must not round first
+        radius = torch.tensor(float(radius), dtype=torch.float32 if center.dtype in _LOW_PRECISION else center.dtype,
+                              device=center.device)
     else:
         raise TypeError(f"{op}: radius must be a tensor or a number, got {type(radius).__name__}")
     try:

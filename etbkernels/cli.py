@@ -49,6 +49,24 @@ def _prob(text: str) -> float:
     return v
 
 
+def _float_above(text: str, low: float, strict: bool) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and (v > low if strict else v >= low)):
+        raise argparse.ArgumentTypeError(f"expected a finite number {'>' if strict else '>='} {low:g}, got {text!r}")
+    return v
+
+
+def _pos_float(text: str) -> float:
+    return _float_above(text, 0.0, strict=True)
+
+
+def _nonneg_float(text: str) -> float:
+    return _float_above(text, 0.0, strict=False)
+
+
 def _positive(text: str) -> int:
     return _int_at_least(text, 1)
 
@@ -105,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--loss", choices=("release", "ibp_paper"),
                    help="robust loss (default: release for etb, ibp_paper for ibp)")
     t.add_argument("--kappa", type=_prob, default=0.5, help="ibp_paper loss: final weight of the clean CE (0.5)")
-    t.add_argument("--lam", type=float, default=1.0, help="release loss: weight of the robust CE (1.0)")
-    t.add_argument("--temperature", type=float, default=1.0, help="release loss: normalization temperature (1.0)")
+    t.add_argument("--lam", type=_nonneg_float, default=1.0, help="release loss: weight of the robust CE (1.0)")
+    t.add_argument("--temperature", type=_pos_float, default=1.0, help="release loss: normalization temperature (1.0)")
     t.add_argument("--mask", choices=("ibp", "etb"), default="ibp",
                    help="ETB masks: ibp (authors' release; fast) or etb (blockwise; ~10x slower on CNNs). "
                         "In our runs ETB-trained networks learned to defeat ETB bounds with either mask: judge "
@@ -114,11 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_positive, default=1)
     t.add_argument("--batch-size", type=_positive, default=128, help="global batch (split over processes)")
     t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (0.9)")
-    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--lr", type=_pos_float, default=1e-3)
+    t.add_argument("--momentum", type=_nonneg_float, default=0.9, help="SGD momentum (0.9)")
+    t.add_argument("--weight-decay", type=_nonneg_float, default=0.0)
     t.add_argument("--lr-milestones", type=_ints, default=[], metavar="E1,E2", help="epochs at which lr *= --lr-gamma")
-    t.add_argument("--lr-gamma", type=float, default=0.1)
+    t.add_argument("--lr-gamma", type=_pos_float, default=0.1)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", type=_device, default="cpu")
     t.add_argument("--threads", type=_positive, help="torch threads per process")
@@ -136,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive, default=200)
     e.add_argument("--pgd-steps", type=_nonneg, default=40)
     e.add_argument("--pgd-restarts", type=_positive, default=1)
-    e.add_argument("--pgd-step-size", type=float, help="default max(2.5 * eps / steps, eps / 4)")
+    e.add_argument("--pgd-step-size", type=_pos_float, help="default max(2.5 * eps / steps, eps / 4)")
     e.add_argument("--float32", action="store_true", help="bounds in float32 (default float64)")
     e.add_argument("--etb-mask", choices=("ibp", "etb"), default="ibp")
     e.add_argument("--full-crown", action="store_true", help="also verify with full CROWN (sound, the tightest "

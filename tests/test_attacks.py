@@ -26,8 +26,12 @@ def test_pgd_respects_clip_and_bad_args():
     x, y = torch.rand(5, 1, 4, 4), torch.randint(0, 3, (5,))
     x_adv, _ = pgd_attack(model, x, y, 0.3, steps=5)
     assert (x_adv >= 0).all() and (x_adv <= 1).all() and ((x_adv - x).abs() <= 0.3 + 1e-6).all()
-    with pytest.raises(ValueError, match="eps must be >= 0"):
-        pgd_attack(model, x, y, -0.1)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="eps must be finite and >= 0"):
+            pgd_attack(model, x, y, bad)
+    for bad in (0.0, -0.01, float("nan")):
+        with pytest.raises(ValueError, match="step_size must be finite and > 0"):
+            pgd_attack(model, x, y, 0.1, step_size=bad)
     with pytest.raises(ValueError, match="5 samples but y has 4"):
         pgd_attack(model, x, y[:4], 0.1)
 
@@ -42,5 +46,10 @@ def test_output_range_reaches_linear_extremes():
     center = lin(c).detach()
     torch.testing.assert_close(found_max, center + exact_radius)
     torch.testing.assert_close(found_min, center - exact_radius)
-    with pytest.raises(ValueError, match="upper_in must be >= lower_in"):
+    with pytest.raises(ValueError, match="need lower_in <= upper_in, without NaN"):
         pgd_output_range(lin, c + r + 1, c - r)
+    with pytest.raises(ValueError, match="need lower_in <= upper_in, without NaN"):
+        pgd_output_range(lin, c - r, (c + r).index_fill(1, torch.tensor([0]), float("nan")))
+    for kw in (dict(restarts=0), dict(steps=-1), dict(step_frac=float("nan")), dict(step_frac=-0.1)):
+        with pytest.raises(ValueError, match="restarts >= 1 and a finite step_frac"):
+            pgd_output_range(lin, c - r, c + r, **kw)

@@ -398,6 +398,14 @@ TINY = ["--dataset", "mnist", "--model", "mlp", "--mlp-widths", "4", "--limit", 
     (["train", "--device", "tpu"], "--device: not a torch device: 'tpu'"),
     (["eval", "--pgd-steps", "-1"], "--pgd-steps: expected an integer >= 0, got '-1'"),
     (["eval", "--violation-limit", "-5"], "--violation-limit: expected an integer >= 0"),
+    (["eval", "--pgd-step-size", "nan"], "--pgd-step-size: expected a finite number > 0, got 'nan'"),
+    (["eval", "--pgd-step-size=-0.1"], "--pgd-step-size: expected a finite number > 0"),
+    (["train", "--lr", "nan"], "--lr: expected a finite number > 0, got 'nan'"),
+    (["train", "--temperature", "0"], "--temperature: expected a finite number > 0, got '0'"),
+    (["train", "--lam=-1"], "--lam: expected a finite number >= 0"),
+    (["train", "--momentum", "inf"], "--momentum: expected a finite number >= 0"),
+    (["train", "--weight-decay", "x"], "--weight-decay: expected a finite number >= 0"),
+    (["train", "--lr-gamma", "0"], "--lr-gamma: expected a finite number > 0"),
 ])
 def test_cli_bad_option_values(argv, message, tmp_path, capsys):
     """argparse's usage, then one error line naming the option; exit status 2, nothing run."""

@@ -191,6 +191,29 @@ def test_zero_mask_rows_with_infinite_radius_give_zero():
     torch.testing.assert_close(out_r.cpu(), ref_r, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_zero_mask_rows_with_nonfinite_radius_keep_gradients_finite(path, value):
+    """Backward of the same case on every path: the sample without active units gets no radius
+    gradient and leaves the weights' finite (T = G r sign(0) would be NaN there and reach them);
+    the gradients equal those with that sample's radius set to 0."""
+    c, r, w1, b1, w2, b2 = make_inputs(3, 9, 6, 4)
+    mask = torch.ones(3, 6, device=DEV)
+    mask[1] = 0
+    grads = []
+    for bad in (value, 0.0):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (c, r, w1, b1, w2, b2)]
+        with torch.no_grad():
+            leaves[1][1, 2] = bad
+        with matmul_precision(path):
+            b = etbkernels.etb_block(*leaves, mask=mask)
+            (b.radius.sum() + b.center.sum()).backward()
+        grads.append([t.grad for t in leaves])
+    for name, got, want in zip(("center", "radius", "w1", "b1", "w2", "b2"), *grads):
+        assert torch.isfinite(got).all(), name
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
+
+
 def test_nan_propagates():
     c, r, w1, b1, w2, b2 = make_inputs(3, 6, 5, 4)
     r[1, 2] = float("nan")

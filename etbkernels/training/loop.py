@@ -92,8 +92,10 @@ class TrainConfig:
             raise ValueError(f"mask must be 'ibp' or 'etb', got {self.mask!r}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ValueError("need epochs >= 1, batch size >= 1 and lr > 0")
+        if self.epochs < 1 or self.batch_size < 1 or not 0 < self.lr < math.inf:
+            raise ValueError("need epochs >= 1, batch size >= 1 and a finite lr > 0")
+        if not (0 < self.temperature < math.inf and 0 <= self.lam < math.inf):
+            raise ValueError(f"need a finite temperature > 0 and lam >= 0, got {self.temperature}, {self.lam}")
         self.lr_milestones = sorted(int(m) for m in self.lr_milestones)
         if self.lr_milestones and self.lr_milestones[0] < 1:
             raise ValueError(f"lr milestones are epochs >= 1 (lr changes after that many epochs), got {self.lr_milestones}")
