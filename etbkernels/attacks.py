@@ -87,6 +87,7 @@ def pgd_attack(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, eps: flo
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"pgd_attack: x has {x.shape[0]} samples but y has {y.shape[0]}")
     step = step_size if step_size is not None else max(2.5 * eps / max(steps, 1), eps / 4)
+    x = x.detach()  # the attack's points are leaves, whatever x's graph
     lo, hi = x - eps, x + eps
     if clip is not None:
         lo, hi = lo.clamp(*clip), hi.clamp(*clip)

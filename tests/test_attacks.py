@@ -53,3 +53,14 @@ def test_output_range_reaches_linear_extremes():
     for kw in (dict(restarts=0), dict(steps=-1), dict(step_frac=float("nan")), dict(step_frac=-0.1)):
         with pytest.raises(ValueError, match="restarts >= 1 and a finite step_frac"):
             pgd_output_range(lin, c - r, c + r, **kw)
+
+
+def test_pgd_attack_on_an_input_that_requires_grad():
+    """x from a graph (e.g. a training batch that requires grad): the same points and verdicts as
+    on its detached copy, and no error from the points' own graph."""
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, y = torch.rand(6, 1, 4, 4), torch.randint(0, 3, (6,))
+    a = pgd_attack(model, x, y, 0.2, steps=3)
+    b = pgd_attack(model, x.clone().requires_grad_(True), y, 0.2, steps=3)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not b[0].requires_grad
