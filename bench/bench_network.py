@@ -86,15 +86,10 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(ts)
 
 
-def _fwd_bwd(model, x, **kw):
+def _fwd_bwd(model, x, per_logit=False, **kw):
+    """Bounds, then a backward pass of their summed width (a training step's bound cost)."""
     model.zero_grad()
-    b = etbkernels.bounds(model, x, EPS, **kw)
-    (b.upper - b.lower).sum().backward()
-
-
-def _per_logit_fwd_bwd(model, x):
-    model.zero_grad()
-    b = per_logit_autograd(model, x, EPS, create_graph=True)
+    b = per_logit_autograd(model, x, EPS, create_graph=True) if per_logit else etbkernels.bounds(model, x, EPS, **kw)
     (b.upper - b.lower).sum().backward()
 
 
@@ -142,7 +137,7 @@ def main():
         notes.append(f"{name}: max relative difference ETB(mask=ibp) vs per-logit autograd radius: {err:.2e}")
         if not args.frozen:  # and the same weight gradients, so the training-step timings compare like with like
             grads = []
-            for step in (lambda: _fwd_bwd(model, x[:8], mask="ibp"), lambda: _per_logit_fwd_bwd(model, x[:8])):
+            for step in (lambda: _fwd_bwd(model, x[:8], mask="ibp"), lambda: _fwd_bwd(model, x[:8], per_logit=True)):
                 step()
                 grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
             gerr = (grads[0] - grads[1]).abs().max().item() / grads[1].abs().max().item()
@@ -167,7 +162,7 @@ def main():
             back = {"ibp_fwd_bwd": lambda: _fwd_bwd(model, x, method="ibp"),
                     "crown_ibp_fwd_bwd": lambda: _fwd_bwd(model, x, method="crown-ibp"),
                     "etb_mask_ibp_fwd_bwd": lambda: _fwd_bwd(model, x, mask="ibp"),
-                    "per_logit_fwd_bwd": lambda: _per_logit_fwd_bwd(model, x)}
+                    "per_logit_fwd_bwd": lambda: _fwd_bwd(model, x, per_logit=True)}
             for key, fn in tqdm(list(back.items()), desc=f"{name} fwd+bwd"):
                 res[key] = _time(fn, args.repeats)
         row = {"model": name, "batch": args.batch, **{k: round(v, 4) for k, v in res.items()}}
