@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot GPU check of etbkernels' CUDA kernels, for a fresh GPU machine with no package index
 # (Python 3.12 with its own torch 2.11.0+cu130, nvcc 13.0, compute-sanitizer; see
-# ../shared/TOOLCHAIN.md). Run from the repository root:  bash bench/gpu_check.sh
+# docs/build.md). Run from the repository root:  bash bench/gpu_check.sh
 #
 # Steps (each time-limited; the whole script stays under ~8 minutes):
 #   1. build the extension in place (pip -e, no index, MAX_JOBS=16, TORCH_CUDA_ARCH_LIST=9.0)

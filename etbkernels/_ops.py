@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from . import _C  # noqa: F401  (loads the library; runs the TORCH_LIBRARY registrations)
+from ._build.load import load_extension
+
+load_extension()  # the compiled library: its TORCH_LIBRARY registrations declare the ops
 
 ops = torch.ops.etbkernels
 

@@ -88,7 +88,7 @@ def etb_block(center: Tensor, radius: Union[Tensor, float], w1: Tensor, b1: Opti
     ETB linearizes the block with the mask ``s = 1[c1 + |w1| r > 0]`` (the ReLUs that can be active
     in the box; ``c1 = w1 @ center + b1``) and returns ``center' = w2 (s * c1) + b2`` and
     ``radius' = |w2 diag(s) w1| r``, computed per sample by a fused kernel that never stores the
-    product (see ../shared/ETB.md).
+    product (see docs/math.md, "The ETB block").
 
     **ETB bounds are expected bounds, not certificates**: they hold in expectation over random
     weights, not for every network. Use :func:`ibp_block` (sound) for verified statements.

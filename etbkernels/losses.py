@@ -1,7 +1,7 @@
 """Robust training losses built on interval bounds, and the schedules that go with them.
 
 Both losses take bounds computed elsewhere (ETB or IBP, e.g. from ``etbkernels.bounds``), so
-either method trains with either loss. See ../shared/ETB.md, "Training loss".
+either method trains with either loss. See docs/math.md, "Training losses".
 """
 from __future__ import annotations
 

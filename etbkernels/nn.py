@@ -7,7 +7,7 @@ Change one line of a training script::
     logits = model(x)                                           # the model's own forward, unchanged
     b = model.bounds(x)                                         # ETB bounds of the logits (x +- 0.1)
     m = model.bounds(x, labels=y)                               # bounds of the margins z_y - z_j, j != y
-    loss, logits = model.robust_loss(x, y)                      # ETB release loss (see ETB.md)
+    loss, logits = model.robust_loss(x, y)                      # ETB release loss (see docs/math.md)
     loss.backward()
 
 ``method="ibp"`` gives sound IBP bounds instead (``"crown-ibp"``, ``"crown-forward"``, ``"crown"``:

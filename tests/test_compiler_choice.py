@@ -1,4 +1,4 @@
-"""tools/compiler_choice.py: the build avoids compilers whose extensions crash on error messages."""
+"""etbkernels/_build/compiler_choice.py: the build avoids compilers whose extensions crash on error messages."""
 import importlib.util
 import os
 import shutil
@@ -7,7 +7,7 @@ import stat
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("compiler_choice", os.path.join(ROOT, "tools", "compiler_choice.py"))
+_spec = importlib.util.spec_from_file_location("compiler_choice", os.path.join(ROOT, "etbkernels", "_build", "compiler_choice.py"))
 cc = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cc)
 

@@ -18,7 +18,7 @@ import torch
 
 import etbkernels
 from etbkernels import ops, reference
-from etbkernels.testing import round_tf32
+from etbkernels.testing import emulate_matmul_precision, lowp_tolerance, matmul_operand_rounding
 
 # ETBK_TEST_DEVICE=cpu runs this file against the CPU kernels: a check of the test harness itself
 # (references, tolerances) on machines without a GPU. CUDA-only checks skip themselves there.
@@ -32,8 +32,11 @@ cuda_only = pytest.mark.skipif(not ON_CUDA, reason="CUDA-specific check")
 # fp32 FFMA; TF32 and BF16 on the Triton wgmma kernels (where Triton is installed); TF32 and BF16
 # on the hand-written mma.sync kernel ("+mma"); the variants not yet measured on a GPU: the exact
 # fp32 forward on the Triton kernel ("highest+triton") and the Triton backward with T stored in both
-# layouts and wave-sized weight-gradient splits ("high+dual").
-PATHS = ("highest", "high", "medium", "high+mma", "medium+mma", "highest+triton", "high+dual")
+# layouts and wave-sized weight-gradient splits ("high+dual"). On CPU, "+emul" makes every float32
+# matmul round its operands as that precision allows (etbkernels.testing.emulate_matmul_precision):
+# what a CPU with AMX does, checked on CPUs that ignore the setting.
+PATHS = ("highest", "high", "medium", "high+mma", "medium+mma", "highest+triton", "high+dual",
+         "high+emul", "medium+emul")
 # the environment each "+variant" sets
 VARIANT_ENV = {
     "mma": {"ETBK_CUDA_TC": "mma"},
@@ -60,14 +63,22 @@ SIZES = [
 
 @contextlib.contextmanager
 def matmul_precision(p: str):
-    """A path of PATHS: the float32 matmul precision, and "+variant" for the kernel (VARIANT_ENV)."""
+    """A path of PATHS: the float32 matmul precision, and "+variant" for the kernel (VARIANT_ENV) or
+    the emulation of that precision on CPU ("+emul")."""
     precision, _, variant = p.partition("+")
-    env = VARIANT_ENV[variant] if variant else {}
+    if variant == "emul" and ON_CUDA:
+        pytest.skip("precision emulation is for the CPU kernels")
+    env = VARIANT_ENV.get(variant, {})
     old, old_env = torch.get_float32_matmul_precision(), {k: os.environ.get(k) for k in env}
     torch.set_float32_matmul_precision(precision)
     os.environ.update(env)
     try:
-        yield
+        if variant == "emul":
+            with emulate_matmul_precision(precision) as mode:
+                yield
+            assert mode.calls > 0, "the emulation saw no matmul: it tested nothing"
+        else:
+            yield
     finally:
         torch.set_float32_matmul_precision(old)
         for k, v in old_env.items():
@@ -107,9 +118,8 @@ def radius_ref64(r, w1, w2, s):
 
 
 def radius_lowprec(r, w1, w2, s, path):
-    """Same radius from operands rounded as the kernel rounds them, fp32 accumulation."""
-    path = path.partition("+")[0]
-    rnd = {"high": round_tf32, "medium": lambda t: t.bfloat16().float()}[path]
+    """Same radius from operands rounded as the path's precision allows, fp32 accumulation."""
+    rnd = matmul_operand_rounding(path.partition("+")[0])
     a, b = rnd(w2.float()), rnd(w1.float())
     with matmul_precision("highest"):
         P = (a * s.float()[:, None, :]) @ b
@@ -142,9 +152,13 @@ def test_radius_float32_paths(size, path):
     with matmul_precision(path):
         out_c, out_r, s = ops.etb_block(c, r, w1, b1, w2, b2, None, False)
     check_radius(out_r, r, w1, w2, s, path)
-    if path == "highest":  # the center is cuBLAS's (TF32 under "high"/"medium"): checked in fp32 only
-        ref = reference.etb_block_ref(*(t.double() for t in (c, r, w1, b1, w2, b2)), mask=s.double())
-        torch.testing.assert_close(out_c.double(), ref.center, rtol=1e-4, atol=1e-4)
+    # the center is cuBLAS's or the CPU's matmul: rounded as the path's precision allows
+    args64 = [t.double() for t in (c, r, w1, b1, w2, b2)]
+    ref = reference.etb_block_ref(*args64, mask=s.double())
+    lowp = reference.etb_block_ref(*args64, mask=s.double(), round_operands=matmul_operand_rounding(path.partition("+")[0]))
+    scale = ref.center.abs().max().item() + 1.0
+    err = (out_c.double() - ref.center).abs().max().item()
+    assert err <= lowp_tolerance(lowp.center, ref.center, scale, 1e-4), f"center: max err {err:.3e}"
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
@@ -305,16 +319,47 @@ def test_backward_vs_reference_autograd(size, path):
         oc, orad, s = ops.etb_block(*ins, None, False)
         g_c, g_r = torch.randn_like(oc), torch.randn_like(orad)
         got = torch.autograd.grad((oc * g_c).sum() + (orad * g_r).sum(), ins)
-    ins64 = [t.detach().double().requires_grad_() for t in (c, r, w1, b1, w2, b2)]
-    ref = reference.etb_block_ref(*ins64, mask=s.double())
-    want = torch.autograd.grad((ref.center * g_c.double()).sum() + (ref.radius * g_r.double()).sum(), ins64)
-    for name, a, b in zip(["center", "radius", "w1", "b1", "w2", "b2"], got, want):
+    want = _reference_grads(ins, s, g_c, g_r)
+    lowp = _reference_grads(ins, s, g_c, g_r, matmul_operand_rounding(path.partition("+")[0]))
+    for name, a, b, b_lowp in zip(["center", "radius", "w1", "b1", "w2", "b2"], got, want, lowp):
         assert torch.isfinite(a).all(), name
         scale = b.abs().max().item() + 1e-6
         err = (a.double() - b).abs().max().item()
-        # TF32 / BF16 backward: low-precision P (sign(P) flips near 0) and cuBLAS TF32 bmm
-        tol = {"highest": 3e-5, "medium": 6e-2}.get(path.partition("+")[0], 3e-2) * scale
+        # The precision's own error (sign(P) flips near 0 dominate at TF32/BF16), twice, plus fp32's.
+        tol = lowp_tolerance(b_lowp, b, scale, 3e-5)
+        if ON_CUDA:  # the floors the H100 runs were checked against, until a GPU run re-derives them
+            tol = max(tol, {"highest": 3e-5, "medium": 6e-2}.get(path.partition("+")[0], 3e-2) * scale)
         assert err <= tol, f"grad {name}: max err {err:.3e} > {tol:.3e}"
+
+
+def _reference_grads(ins, s, g_c, g_r, round_operands=None):
+    """Gradients of <g_c, center> + <g_r, radius> of the float64 reference (with the kernel's mask),
+    its products' operands rounded by ``round_operands``."""
+    ins64 = [t.detach().double().requires_grad_() for t in ins]
+    ref = reference.etb_block_ref(*ins64, mask=s.double(), round_operands=round_operands)
+    return torch.autograd.grad((ref.center * g_c.double()).sum() + (ref.radius * g_r.double()).sum(), ins64)
+
+
+def test_backward_tolerance_covers_what_bf16_may_do():
+    """"medium" lets a CPU with AMX run the backward's products on bf16 operands. Emulated here on any
+    CPU, the real CPU kernels' weight gradients are off by ~13% of their scale on this case: beyond the
+    fixed 6% this suite used to allow (which failed on such CPUs), within the derived tolerance."""
+    if ON_CUDA:
+        pytest.skip("the emulation runs the CPU kernels")
+    c, r, w1, b1, w2, b2 = make_inputs(5, 131, 257, 67)
+    ins = [t.detach().requires_grad_() for t in (c, r, w1, b1, w2, b2)]
+    with matmul_precision("medium+emul"):
+        oc, orad, s = ops.etb_block(*ins, None, False)
+        g_c, g_r = torch.randn_like(oc), torch.randn_like(orad)
+        got = torch.autograd.grad((oc * g_c).sum() + (orad * g_r).sum(), ins)
+    want = _reference_grads(ins, s, g_c, g_r)
+    lowp = _reference_grads(ins, s, g_c, g_r, matmul_operand_rounding("medium"))
+    rel = {name: (a.double() - b).abs().max().item() / b.abs().max().item()
+           for name, a, b in zip(["center", "radius", "w1", "b1", "w2", "b2"], got, want)}
+    assert max(rel.values()) > 6e-2, rel  # the old fixed tolerance would have failed
+    for a, b, b_lowp in zip(got, want, lowp):
+        scale = b.abs().max().item()
+        assert (a.double() - b).abs().max().item() <= lowp_tolerance(b_lowp, b, scale, 3e-5)
 
 
 @cuda_only

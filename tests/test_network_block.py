@@ -1,4 +1,4 @@
-"""A one-hidden-layer network equals the block ops (ETB.md: "for two layers this is exactly the block")."""
+"""A one-hidden-layer network equals the block ops (docs/math.md: "for two layers this is exactly the block")."""
 import pytest
 import torch
 from torch import nn

@@ -1,4 +1,4 @@
-"""Fuzz/property checks of the training-facing API (docs/training.md, ../shared/ETB.md "Training loss"
+"""Fuzz/property checks of the training-facing API (docs/training.md, docs/math.md "Training losses"
 and "Soundness and what to report"): the robust losses against their formulas written out by hand in
 float64, BoundedModel against etbkernels.bounds, the PGD attacks' invariants, the evaluation's numbers
 against a per-sample recomputation, and the training loop against a hand-written loop.
@@ -36,7 +36,7 @@ def _box(x, eps, clip):
 
 
 def _hand_ibp(net, x, eps, clip):
-    """IBP of Flatten-Linear-ReLU-Linear (ETB.md "IBP for the block"): logit centre/radius and the hidden interval."""
+    """IBP of Flatten-Linear-ReLU-Linear (docs/math.md "IBP for the block"): logit centre/radius and the hidden interval."""
     l1, l2 = net[1], net[3]
     mu, r = _box(x.flatten(1), eps, clip)
     c1, r1 = mu @ l1.weight.T + l1.bias, r @ l1.weight.abs().T
@@ -60,7 +60,7 @@ def _ce(v, k):
 
 
 def _hand_release(logits, radius, y, lam, T):
-    """ETB.md: CE(f(x), y) + lam * CE(z~ / (T max_j |z~_j|), y), z~_j = f_j + r_j (j != y), z~_y = f_y - r_y."""
+    """docs/math.md: CE(f(x), y) + lam * CE(z~ / (T max_j |z~_j|), y), z~_j = f_j + r_j (j != y), z~_y = f_y - r_y."""
     tot = 0.0
     for n in range(len(y)):
         k = int(y[n])
@@ -90,7 +90,7 @@ def _mlp(n=6, h=7, K=4):
 @pytest.mark.parametrize("clip", [None, (0.0, 1.0)])
 @pytest.mark.parametrize("eps", [0.0, 0.07])
 def test_losses_by_hand_ibp_and_etb_block(clip, eps):
-    """Both losses from bounds computed by hand (ETB.md formulas) for IBP and ETB (both masks) on a block."""
+    """Both losses from bounds computed by hand (docs/math.md formulas) for IBP and ETB (both masks) on a block."""
     torch.manual_seed(3)
     net = _mlp()
     x = torch.rand(5, 1, 6, dtype=torch.float64)

@@ -1,6 +1,6 @@
 // Backward of the radius: recomputes P tile by tile (never stored) and, with
 // T = G * r * sign(P), accumulates dr = G^T |P|, dW1 = sum_n S_n W2^T T_n and
-// dW2 = sum_n T_n W1^T S_n (see ../shared/ETB.md, "Gradients").
+// dW2 = sum_n T_n W1^T S_n (see docs/math.md, "Gradients").
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 

@@ -1,4 +1,4 @@
-// Fused CUDA kernels for the ETB radius (see etb_radius_kernels.h and ../shared/ETB.md).
+// Fused CUDA kernels for the ETB radius (see etb_radius_kernels.h and docs/math.md, "The ETB block").
 //
 // Forward: radius[b, j] = sum_k |P_b[j, k]| r[b, k],  P_b = W2 S_b W1 = W2[:, act_b] W1[act_b, :].
 // One CTA owns one sample b and BM consecutive output rows j. It walks the columns k in tiles of

@@ -1,4 +1,4 @@
-"""ETB propagation through a parsed network, for one chunk of samples (see ../shared/ETB.md).
+"""ETB propagation through a parsed network, for one chunk of samples (docs/math.md, "Deep networks").
 
 Two ways to form the per-sample linear parts ``J_k`` of the masked prefixes:
 

@@ -1,4 +1,4 @@
-"""The MNIST-shaped architectures of the IBP / CROWN-IBP papers (ETB.md), for tests and benchmarks.
+"""The MNIST-shaped architectures of the IBP / CROWN-IBP papers (docs/math.md), for tests and benchmarks.
 
 small:  conv16 4x4/2, conv32 4x4/1, fc100, fc10
 medium: conv32 3x3/1, conv32 4x4/2, conv64 3x3/1, conv64 4x4/2, fc512, fc512, fc10

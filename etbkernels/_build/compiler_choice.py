@@ -1,4 +1,4 @@
-"""Which C++ compiler builds the extension (used by setup.py; pure Python, no torch import).
+"""Which C++ compiler builds the extension (setup.py and the first-import build; pure Python, no torch import).
 
 An extension that carries its own copy of libstdc++'s code (a compiler that links libstdc++
 statically, or a GCC newer than torch's) runs that code against the libstdc++ the process has
