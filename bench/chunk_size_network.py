@@ -22,7 +22,7 @@ import torch
 
 import etbkernels
 from etbkernels.network import models
-from etbkernels.network.api import _forward_chunk, _memory_chunk
+from etbkernels.network.chunking import forward_chunk as _forward_chunk, memory_chunk as _memory_chunk
 from etbkernels.network.parse import parse_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))

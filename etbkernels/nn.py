@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .bounds_type import Bounds
 from .losses import etb_release_loss, ibp_paper_loss
-from .network.api import METHODS
+from .network.arguments import METHODS
 from .network.api import bounds as _bounds
 from .network.api import margin_spec
 

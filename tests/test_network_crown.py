@@ -206,14 +206,14 @@ def test_return_layers_are_ibps_and_edge_cases():
 
 def test_memory_chunk_rule_counts_both_row_sets(monkeypatch):
     """The default chunk keeps 2K rows x the widest layer near DEFAULT_CHUNK_BYTES."""
-    import etbkernels.network.api as api
+    from etbkernels.network import chunking
     model = CASES[1][1]()
     x = torch.rand(6, 2, 7, 7, dtype=torch.float64)
     seen = []
-    real = api._chunked
-    monkeypatch.setattr(api, "_chunked", lambda fn, N, chunk, *t: seen.append(chunk) or real(fn, N, chunk, *t))
+    real = chunking.chunked
+    monkeypatch.setattr(chunking, "chunked", lambda fn, N, chunk, *t: seen.append(chunk) or real(fn, N, chunk, *t))
     # widest layer: 4 x 7 x 7 = 196; 4 outputs -> 8 rows; 3 x 8 x 196 x 8 bytes = 37632 bytes per sample
-    monkeypatch.setattr(api, "DEFAULT_CHUNK_BYTES", 2 * 37632)
+    monkeypatch.setattr(chunking, "DEFAULT_CHUNK_BYTES", 2 * 37632)
     net = parse_model(model, (2, 7, 7), x)
     _crown_ibp(net, x, torch.full_like(x, 0.05), None, None)
     assert seen == [2]

@@ -69,15 +69,15 @@ def test_row_groups_and_chunks_agree(images, monkeypatch):
 def test_default_chunk_with_gradients(monkeypatch):
     """With a graph, the default chunk comes from the graph's size: a small byte budget makes it
     2 samples for a batch of 5. Bounds and input gradients equal one whole-batch chunk's."""
-    from etbkernels.network import api
+    from etbkernels.network import chunking
 
     model = CASES[1][1]()
     x0 = torch.rand(5, 2, 7, 7, dtype=torch.float64)
     per_sample = crown_full.graph_numel_per_sample(parse_model(model, (2, 7, 7), x0)) * 8
-    monkeypatch.setattr(api, "DEFAULT_CHUNK_BYTES", 2 * per_sample)
+    monkeypatch.setattr(chunking, "DEFAULT_CHUNK_BYTES", 2 * per_sample)
     calls = []
-    real = api._chunked
-    monkeypatch.setattr(api, "_chunked", lambda run, N, chunk, *a: calls.append(chunk) or real(run, N, chunk, *a))
+    real = chunking.chunked
+    monkeypatch.setattr(chunking, "chunked", lambda run, N, chunk, *a: calls.append(chunk) or real(run, N, chunk, *a))
 
     def grads(chunk_size):
         x = x0.clone().requires_grad_()

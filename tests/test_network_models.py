@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from etbkernels.network import bounds, models, parse_model
-from etbkernels.network.api import DEFAULT_CHUNK_BYTES
+from etbkernels.network.chunking import DEFAULT_CHUNK_BYTES
 from etbkernels.network.etb import forward_numel_per_sample
 
 
@@ -49,7 +49,7 @@ def test_mlp_builder():
 def test_default_chunk_cpu_cache_cap(make, grad):
     """On CPU the forward path's largest per-chunk tensor stays near CPU_CACHE_CHUNK_BYTES (it
     was 1 GiB, which sent every elementwise pass to DRAM); elsewhere only the memory rule holds."""
-    from etbkernels.network.api import CPU_CACHE_CHUNK_BYTES, _forward_chunk
+    from etbkernels.network.chunking import CPU_CACHE_CHUNK_BYTES, forward_chunk as _forward_chunk
 
     x = torch.rand(1, 1, 28, 28)
     net = parse_model(make(), (1, 28, 28), x)

@@ -22,6 +22,14 @@ from torch import Tensor
 Shape = Tuple[int, ...]
 
 
+def numel(shape: Shape) -> int:
+    """Elements per sample of a per-sample shape."""
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
 class AffineOp:
     """Base class: an affine map from per-sample ``in_shape`` to ``out_shape``."""
 
