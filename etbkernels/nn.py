@@ -105,6 +105,7 @@ class BoundedModel(nn.Module):
         ``method`` overrides the wrapper's method for this call; extra keyword arguments go to
         :func:`etbkernels.bounds` (e.g. ``chunk_size``).
         """
+        self._check_own_call()
         method = self.method if method is None else method
         spec = None
         if labels is not None:
@@ -122,6 +123,16 @@ class BoundedModel(nn.Module):
             if self.center_at is not None:
                 opts.setdefault("center_at", self.center_at)
         return _bounds(self.model, x, self._eps(eps), method=method, spec=spec, clip=self.clip, **opts)
+
+    def _check_own_call(self) -> None:
+        """The bounds describe ``self.model``: refuse a wrapper whose call computes something else."""
+        for attr, kind in (("_forward_pre_hooks", "forward pre-hook"), ("_forward_hooks", "forward hook")):
+            if getattr(self, attr):
+                raise ValueError(f"BoundedModel: a {kind} is registered on the wrapper: it changes bm(x) but not "
+                                 "the bounds, which describe bm.model; remove it (handle.remove())")
+        if type(self).forward is not BoundedModel.forward:
+            raise ValueError(f"BoundedModel: {type(self).__name__} overrides forward, so bm(x) may differ from "
+                             "bm.model(x), which the bounds describe; put the computation in the wrapped model")
 
     def robust_loss(self, x: Tensor, y: Tensor, eps: Optional[float] = None, *, loss: str = "release",
                     lam: float = 1.0, temperature: float = 1.0, kappa: float = 0.5) -> Tuple[Tensor, Tensor]:

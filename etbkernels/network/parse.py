@@ -9,12 +9,13 @@ before a Linear is folded into it; AvgPool2d stays an op of its own (it is alrea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
 
 from .layers import AffineOp, AvgPoolOp, ChannelAffineOp, ConvOp, FlattenOp, LinearOp, Shape
+from .normalize import Normalize
 
 SUPPORTED = ("Linear, Conv2d (zero padding), ReLU, Flatten (start_dim=1), BatchNorm1d/BatchNorm2d (eval mode), "
              "AvgPool2d (floor mode), Dropout, Identity, Normalize (mean/std), nested nn.Sequential")
@@ -38,12 +39,97 @@ class Network:
         return [st[-1].out_shape for st in self.stages]
 
 
-def _flatten_modules(model: nn.Module, prefix: str) -> List[Tuple[str, nn.Module]]:
+# The parser reads a Sequential's children and their parameters; it never runs a forward. So a
+# model is parsed only where its children are its computation: a supported class (or subclass)
+# must keep every method through which the base class's forward computes, and no module may be
+# called twice, be hooked or have its call replaced. Anything else is refused, not guessed at.
+_DISPATCH = (  # (supported base, the methods its forward goes through)
+    (nn.Sequential, ("forward", "__iter__")),  # Sequential.forward: `for module in self`
+    (nn.Linear, ("forward",)),
+    (nn.Conv2d, ("forward", "_conv_forward")),
+    (nn.ReLU, ("forward",)),
+    (nn.Flatten, ("forward",)),
+    (nn.BatchNorm1d, ("forward",)),
+    (nn.BatchNorm2d, ("forward",)),
+    (nn.AvgPool2d, ("forward",)),
+    (nn.Dropout, ("forward",)),
+    (nn.Identity, ("forward",)),
+    (Normalize, ("forward",)),
+)
+# What module(x) runs before forward (hooks, then forward); a class or an instance may replace it.
+_CALL = tuple(m for m in ("__call__", "_wrapped_call_impl", "_call_impl") if hasattr(nn.Module, m))
+
+
+def _describe(name: str, mod: nn.Module) -> str:
+    return f"{name} ({mod.__class__.__name__})"
+
+
+def _check_global_hooks() -> None:
+    """Global module hooks run on every module call; backward ones leave the forward's values alone."""
+    g = torch.nn.modules.module
+    for attr, kind, fn in (("_global_forward_pre_hooks", "forward pre-hook", "register_module_forward_pre_hook"),
+                           ("_global_forward_hooks", "forward hook", "register_module_forward_hook")):
+        if getattr(g, attr, None):
+            raise ValueError(f"etbkernels.bounds: a global module {kind} is registered "
+                             f"(torch.nn.modules.module.{fn}): it runs on every module, model (Sequential) "
+                             "included, and can change what the model computes, which the bounds cannot see; "
+                             "remove it (handle.remove()) before computing bounds")
+
+
+def _check_module(name: str, mod: nn.Module) -> None:
+    """Refuses ``mod`` if calling it may compute something other than what the parser reads."""
+    cls = type(mod)
+    for attr, kind in (("_forward_pre_hooks", "forward pre-hook"), ("_forward_hooks", "forward hook")):
+        n = len(getattr(mod, attr, None) or ())
+        if n:
+            raise ValueError(f"etbkernels.bounds: {_describe(name, mod)} has {n} {kind}(s) registered: a hook can "
+                             "change what the module computes, which the bounds cannot see; remove it "
+                             "(handle.remove()) before computing bounds (backward hooks are fine)")
+    for m in _CALL:
+        if getattr(cls, m) is not getattr(nn.Module, m):
+            raise ValueError(f"etbkernels.bounds: {_describe(name, mod)} overrides {m} of nn.Module, so calling it "
+                             "may compute something other than its layer; the bounds cannot follow it")
+    base, methods = next(((b, ms) for b, ms in _DISPATCH if isinstance(mod, b)), (None, ("forward",)))
+    for m in _CALL[1:] + methods:
+        if not m.startswith("__") and m in vars(mod):  # an instance attribute wins over the class's method
+            # (dunders are looked up on the class, so an instance's own is never called)
+            raise ValueError(f"etbkernels.bounds: {_describe(name, mod)} has its own {m} set on the instance, so "
+                             "calling it may compute something other than its layer; the bounds cannot follow it")
+    if base is None:
+        # an unsupported layer is refused by the parser itself; a foreign class named Normalize is
+        # trusted to compute (x - mean) / std, as documented (its hooks and call were checked above)
+        return
+    for m in methods:
+        if getattr(cls, m) is not getattr(base, m):
+            what = "the parser reads its children in order" if base is nn.Sequential else \
+                "the parser reads its parameters, not its code"
+            full = ("nn." if base.__module__.startswith("torch.") else "etbkernels.") + base.__name__
+            raise ValueError(f"etbkernels.bounds: {_describe(name, mod)} overrides {m} of {full}, but {what}, "
+                             f"so its bounds would describe another computation; use {full} itself or a subclass "
+                             f"that keeps its {m}")
+
+
+def _flatten_modules(model: nn.Sequential, prefix: str, seen: Dict[int, str]) -> List[Tuple[str, nn.Module]]:
+    """The leaf layers of ``model`` in call order, each checked (see :func:`_check_module`).
+
+    Reads ``_modules`` itself: ``named_children()`` skips a module already seen (and None), so a
+    module used twice would silently be parsed once.
+    """
     out = []
-    for name, mod in model.named_children():
+    for name, mod in model._modules.items():
         full = f"{prefix}[{name}]" if name.isdigit() else f"{prefix}.{name}"
+        if mod is None:
+            raise ValueError(f"etbkernels.bounds: {full} is None, which nn.Sequential's forward would call; "
+                             "remove the entry")
+        if id(mod) in seen:
+            raise ValueError(f"etbkernels.bounds: {_describe(full, mod)} is used twice in the model "
+                             f"({seen[id(mod)]} and {full}): a reused module cannot be parsed soundly; give each "
+                             "place its own instance (a new nn.ReLU() per activation; for shared weights, a new "
+                             "layer whose parameters are the shared ones, e.g. new.weight = old.weight)")
+        seen[id(mod)] = full
+        _check_module(full, mod)
         if isinstance(mod, nn.Sequential):
-            out.extend(_flatten_modules(mod, full))
+            out.extend(_flatten_modules(mod, full, seen))
         else:
             out.append((full, mod))
     return out
@@ -110,15 +196,21 @@ def _fold_before(ca: ChannelAffineOp, lin: LinearOp) -> LinearOp:
 def parse_model(model: nn.Module, in_shape: Shape, ref: torch.Tensor) -> Network:
     """Parses ``model`` for per-sample inputs of ``in_shape``; ``ref`` gives dtype and device.
 
-    Raises ValueError naming the first unsupported layer, TypeError for a non-Sequential model.
+    Raises ValueError naming the first unsupported layer, or the first module whose call is not
+    what the parser reads (used twice, hooked, a subclass overriding its forward or ``__call__``;
+    see :func:`_check_module`), TypeError for a non-Sequential model.
     """
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"etbkernels.bounds: model must be an nn.Sequential (nested Sequentials allowed), got "
                         f"{model.__class__.__name__}; supported layers: {SUPPORTED}")
+    # checked on every call (nothing is cached): a hook added after an earlier call is seen
+    _check_global_hooks()
+    _check_module("model", model)
+    layers = _flatten_modules(model, "model", {id(model): "model"})
     net = Network(in_shape=tuple(in_shape))
     shape: Shape = tuple(in_shape)
     ops: List[AffineOp] = []
-    for name, mod in _flatten_modules(model, "model"):
+    for name, mod in layers:
         if isinstance(mod, (nn.Dropout, nn.Identity)):
             continue  # bounds describe the deterministic (eval) network
         if isinstance(mod, nn.ReLU):
