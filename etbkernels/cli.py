@@ -6,12 +6,44 @@ eps is always in pixel units [0, 1] (the models start with their Normalize layer
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
-EXIT_ERROR, EXIT_NONFINITE = 1, 3
+EXIT_ERROR, EXIT_NONFINITE, EXIT_INTERRUPTED = 1, 3, 130  # argparse exits 2 on usage errors
+SEED_MAX = 2**32 - 1  # what numpy and most tools accept; larger seeds overflowed inside torch with a bare message
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with "(default: VALUE)", unless its default is None or False or its
+    help already says what the default is; lists are shown as typed (comma-separated)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if (d is None or d is False or d is argparse.SUPPRESS or not action.option_strings
+                or "default" in text):
+            return text
+        return f"{text} (default: {show_default(d).replace('%', '%%')})".strip()  # help is a %-format
+
+
+def show_default(value) -> str:
+    """A default as it would be typed: lists comma-separated ("none" when empty), floats in %g."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(show_default(v) for v in value) or "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class _StoreGiven(argparse.Action):
+    """Stores the value and records the option in ``namespace.given`` (to refuse contradicting options,
+    which comparing with the default cannot tell apart from an explicit default value)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = set(getattr(namespace, "given", ())) | {option_string}
 
 
 def _ints(text: str) -> List[int]:
@@ -71,17 +103,43 @@ def _positive(text: str) -> int:
     return _int_at_least(text, 1)
 
 
+def _pgd_steps(text: str) -> int:
+    return _int_at_least(text, 1, " (--no-pgd skips the attack)")
+
+
+def _violation_steps(text: str) -> int:
+    return _int_at_least(text, 1, " (--violation-limit 0 skips the violation attack)")
+
+
+def _milestones(text: str) -> List[int]:
+    vals = _ints(text)
+    if vals and min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"lr milestones are epochs >= 1 (lr changes after that many epochs), "
+                                         f"got {text!r}")
+    return vals
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {SEED_MAX}], got {text!r}")
+    return v
+
+
 def _nonneg(text: str) -> int:
     return _int_at_least(text, 0)
 
 
-def _int_at_least(text: str, low: int) -> int:
+def _int_at_least(text: str, low: int, hint: str = "") -> int:
     try:
         v = int(text)
     except ValueError:
         v = low - 1
     if v < low:
-        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}{hint}")
     return v
 
 
@@ -103,78 +161,100 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``python -m etbkernels`` parser: subcommands train, eval and plot with their options."""
     from .training.data import DATASETS, MODELS
 
-    p = argparse.ArgumentParser(prog="python -m etbkernels",
+    p = argparse.ArgumentParser(prog="python -m etbkernels", formatter_class=HelpFormatter,
                                 description="Robust training and evaluation with ETB (expected bounds, not "
                                             "certificates) or IBP (sound) interval bounds.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model (nominal, IBP or ETB)",
+    t = sub.add_parser("train", help="train a model (nominal, IBP or ETB)", formatter_class=HelpFormatter,
                        description="Train; checkpoints go to OUT/checkpoint.pt each epoch (atomically). Under "
                                    "torchrun --nproc_per_node=K this runs DistributedDataParallel (gloo on CPU).")
-    t.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
+    t.add_argument("--dataset", choices=sorted(DATASETS), default="mnist", help="data set")
     t.add_argument("--data-dir", help="Fashion-MNIST IDX folder or CIFAR-10 cifar-10-batches-py folder")
-    t.add_argument("--model", choices=MODELS, default="small")
-    t.add_argument("--mlp-widths", type=_widths, default=[1024, 1024], help="hidden widths of --model mlp (1024,1024)")
+    t.add_argument("--model", choices=MODELS, default="small", help="network")
+    t.add_argument("--mlp-widths", type=_widths, default=[1024, 1024], help="hidden widths of --model mlp")
     t.add_argument("--no-normalize", action="store_true", help="no Normalize layer in front of the model")
-    t.add_argument("--method", choices=("nominal", "ibp", "etb"), default="etb")
-    t.add_argument("--eps", type=_prob, default=0.1, help="training eps in pixel units [0, 1] (default 0.1)")
+    t.add_argument("--method", choices=("nominal", "ibp", "etb"), default="etb", help="training method")
+    t.add_argument("--eps", type=_prob, default=0.1, help="training eps in pixel units [0, 1]")
     t.add_argument("--eps-schedule", type=_schedule, default=[0.0, 0.0], metavar="WARMUP,RAMP",
                    help="epochs at eps 0, then epochs of linear ramp to --eps (kappa ramps 1 -> --kappa alongside)")
     t.add_argument("--loss", choices=("release", "ibp_paper"),
                    help="robust loss (default: release for etb, ibp_paper for ibp)")
-    t.add_argument("--kappa", type=_prob, default=0.5, help="ibp_paper loss: final weight of the clean CE (0.5)")
-    t.add_argument("--lam", type=_nonneg_float, default=1.0, help="release loss: weight of the robust CE (1.0)")
-    t.add_argument("--temperature", type=_pos_float, default=1.0, help="release loss: normalization temperature (1.0)")
+    t.add_argument("--kappa", type=_prob, default=0.5, help="ibp_paper loss: final weight of the clean CE")
+    t.add_argument("--lam", type=_nonneg_float, default=1.0, help="release loss: weight of the robust CE")
+    t.add_argument("--temperature", type=_pos_float, default=1.0, help="release loss: normalization temperature")
     t.add_argument("--mask", choices=("ibp", "etb"), default="ibp",
                    help="ETB masks: ibp (authors' release; fast) or etb (blockwise; ~10x slower on CNNs). "
                         "In our runs ETB-trained networks learned to defeat ETB bounds with either mask: judge "
                         "them by PGD and IBP-verified accuracy (docs/training.md, Results)")
-    t.add_argument("--epochs", type=_positive, default=1)
+    t.add_argument("--epochs", type=_positive, default=1, help="epochs to train (in all, counting resumed ones)")
     t.add_argument("--batch-size", type=_positive, default=128, help="global batch (split over processes)")
-    t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
-    t.add_argument("--lr", type=_pos_float, default=1e-3)
-    t.add_argument("--momentum", type=_nonneg_float, default=0.9, help="SGD momentum (0.9)")
-    t.add_argument("--weight-decay", type=_nonneg_float, default=0.0)
-    t.add_argument("--lr-milestones", type=_ints, default=[], metavar="E1,E2", help="epochs at which lr *= --lr-gamma")
-    t.add_argument("--lr-gamma", type=_pos_float, default=0.1)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", type=_device, default="cpu")
-    t.add_argument("--threads", type=_positive, help="torch threads per process")
-    t.add_argument("--limit", type=_positive, help="train on the first N training images only (tests, smoke runs)")
+    t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="optimizer")
+    t.add_argument("--lr", type=_pos_float, default=1e-3, help="learning rate")
+    t.add_argument("--momentum", type=_nonneg_float, default=0.9, help="SGD momentum")
+    t.add_argument("--weight-decay", type=_nonneg_float, default=0.0, help="weight decay")
+    t.add_argument("--lr-milestones", type=_milestones, default=[], metavar="E1,E2",
+                   help="epochs after which lr *= --lr-gamma")
+    t.add_argument("--lr-gamma", type=_pos_float, default=0.1, help="lr factor at each milestone")
+    t.add_argument("--seed", type=_seed, default=0, help="seed of the initialisation and the batch order")
+    t.add_argument("--device", type=_device, default="cpu", help="torch device (cpu, cuda, cuda:N)")
+    t.add_argument("--threads", type=_positive, help="torch threads per process (default: torch's choice)")
+    t.add_argument("--limit", type=_positive,
+                   help="train on the first N training images only (tests, smoke runs; default: all)")
     t.add_argument("--out", required=True, help="output folder (checkpoint.pt, train_log.json); nothing is "
                                                  "written elsewhere")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress (a bar on a terminal, else a line every ~10 s and at each epoch's end)")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint (clean, PGD, IBP-verified, ETB-expected, violations)",
-                       description="IBP-verified accuracy is sound; ETB-expected robust accuracy is NOT a certificate.")
+                       formatter_class=HelpFormatter,
+                       description="IBP-verified accuracy is sound; ETB-expected robust accuracy is NOT a "
+                                   "certificate. Writes OUT/eval_eps<EPS>.json per eps and OUT/eval.md; an "
+                                   "existing eval_eps<EPS>.json of other settings is kept unless --force.")
     e.add_argument("checkpoint", help="checkpoint file or training output folder")
     e.add_argument("--eps", type=_prob, nargs="+", help="eval eps in pixels (default: the training eps)")
-    e.add_argument("--limit", type=_positive, help="first N test images (default all)")
-    e.add_argument("--batch-size", type=_positive, default=200)
-    e.add_argument("--pgd-steps", type=_nonneg, default=40)
-    e.add_argument("--pgd-restarts", type=_positive, default=1)
-    e.add_argument("--pgd-step-size", type=_pos_float, help="default max(2.5 * eps / steps, eps / 4)")
-    e.add_argument("--float32", action="store_true", help="bounds in float32 (default float64)")
-    e.add_argument("--etb-mask", choices=("ibp", "etb"), default="ibp")
+    e.add_argument("--limit", type=_positive, help="first N test images (default: all)")
+    e.add_argument("--batch-size", type=_positive, default=200, help="images per batch")
+    e.add_argument("--pgd-steps", type=_pgd_steps, default=40, action=_StoreGiven, help="PGD steps per restart")
+    e.add_argument("--pgd-restarts", type=_positive, default=1, action=_StoreGiven, help="PGD random restarts")
+    e.add_argument("--pgd-step-size", type=_pos_float, action=_StoreGiven,
+                   help="PGD step in pixels (default: max(2.5 * eps / steps, eps / 4))")
+    e.add_argument("--no-pgd", action="store_true", help="skip the PGD accuracy attack: the PGD figures are null "
+                                                          "/ n/a (--violation-limit 0 skips the violation attack)")
+    e.add_argument("--float32", action="store_true", help="bounds in float32 (default: float64)")
+    e.add_argument("--etb-mask", choices=("ibp", "etb"), default="ibp", help="ETB masks")
     e.add_argument("--full-crown", action="store_true", help="also verify with full CROWN (sound, the tightest "
                                                                "here; a backward pass per hidden neuron: slow)")
-    e.add_argument("--violation-limit", type=_nonneg, default=200, help="images attacked per margin for the ETB "
-                                                                    "violation rate (0: skip)")
-    e.add_argument("--violation-steps", type=_nonneg, default=20)
-    e.add_argument("--violation-restarts", type=_positive, default=1)
-    e.add_argument("--data-dir")
-    e.add_argument("--device", type=_device, default="cpu")
-    e.add_argument("--threads", type=_positive)
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--violation-limit", type=_nonneg, default=200,
+                   help="images attacked per margin for the ETB violation rate; 0 skips that attack")
+    e.add_argument("--violation-steps", type=_violation_steps, default=20,
+                   help="steps of the violation attack, per margin and direction")
+    e.add_argument("--violation-restarts", type=_positive, default=1, help="restarts of the violation attack")
+    e.add_argument("--data-dir", help="data folder (default: the one the run was trained with)")
+    e.add_argument("--device", type=_device, default="cpu", help="torch device (cpu, cuda, cuda:N)")
+    e.add_argument("--threads", type=_positive, help="torch threads (default: torch's choice)")
+    e.add_argument("--seed", type=_seed, default=0, help="seed of the attacks' random starts")
     e.add_argument("--out", help="output folder for eval_eps<EPS>.json and eval.md (default: the checkpoint's folder)")
-    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--force", action="store_true", help="overwrite eval_eps<EPS>.json even if it holds a result of "
+                                                         "other settings")
+    e.add_argument("--no-progress", action="store_true",
+                   help="no progress (a bar on a terminal, else a line every ~10 s and at each eps' end)")
+    e.set_defaults(parser=e)  # for the checks of option combinations after parsing
 
-    pl = sub.add_parser("plot", help="clean vs PGD accuracy plot from eval JSON files")
+    pl = sub.add_parser("plot", help="clean vs PGD accuracy plot from eval JSON files", formatter_class=HelpFormatter)
     pl.add_argument("inputs", nargs="+", help="eval*.json files or folders holding them (searched recursively)")
-    pl.add_argument("--out", default="tradeoff.png", help="PNG file (default tradeoff.png)")
-    pl.add_argument("--title", default="")
+    pl.add_argument("--out", default="tradeoff.png", help="PNG file to write")
+    pl.add_argument("--title", help="plot title (default: robustness-accuracy trade-off)")
     return p
+
+
+def _check_combinations(a) -> None:
+    """Refuses options that contradict each other (argparse's usage and one line, exit 2)."""
+    if a.command == "eval" and a.no_pgd:
+        clash = sorted(getattr(a, "given", set()))
+        if clash:
+            a.parser.error(f"argument --no-pgd: not allowed with {', '.join(clash)}")
 
 
 def _train(a) -> int:
@@ -198,22 +278,30 @@ def _train(a) -> int:
 def _eval(a) -> int:
     import torch
 
-    from .training.checkpoint import check_out_folder, write_json_atomic
-    from .training.evaluate import evaluate, markdown_table
+    from .training.checkpoint import check_out_folder, load_run_checkpoint, write_json_atomic
+    from .training.evaluate import eval_settings, evaluate, markdown_table, result_path, settings_conflict
 
     if a.threads:
         torch.set_num_threads(a.threads)
     ck = Path(a.checkpoint)
     out = check_out_folder(Path(a.out) if a.out else (ck if ck.is_dir() else ck.parent))
+    state = load_run_checkpoint(ck)
+    opts = dict(limit=a.limit, batch_size=a.batch_size, pgd_steps=None if a.no_pgd else a.pgd_steps,
+                pgd_restarts=a.pgd_restarts, pgd_step_size=a.pgd_step_size, float64=not a.float32,
+                etb_mask=a.etb_mask, violation_limit=a.violation_limit, violation_steps=a.violation_steps,
+                violation_restarts=a.violation_restarts, data_dir=a.data_dir, seed=a.seed, full_crown=a.full_crown)
+    eps_list = a.eps or [state["config"]["eps"]]
+    # every target is checked before any work: a refusal must not come after minutes of evaluation
+    for eps in eps_list if not a.force else []:
+        path = result_path(out, eps)
+        why = settings_conflict(path, eval_settings(ck, eps=eps, **opts))
+        if why:
+            raise ValueError(f"{path} exists and {why}; pass --force to overwrite it, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for eps in a.eps or [None]:
-        r = evaluate(ck, eps=eps, limit=a.limit, batch_size=a.batch_size, pgd_steps=a.pgd_steps,
-                     pgd_restarts=a.pgd_restarts, pgd_step_size=a.pgd_step_size, float64=not a.float32,
-                     etb_mask=a.etb_mask, violation_limit=a.violation_limit, violation_steps=a.violation_steps,
-                     violation_restarts=a.violation_restarts, data_dir=a.data_dir, device=a.device, seed=a.seed,
-                     show_progress=not a.no_progress, full_crown=a.full_crown)
-        path = out / f"eval_eps{r['eps']:g}.json"
+    for eps in eps_list:
+        r = evaluate(ck, eps=eps, device=a.device, show_progress=not a.no_progress, state=state, **opts)
+        path = result_path(out, eps)
         write_json_atomic(path, r)
         results.append(r)
         print(f"wrote {path}")
@@ -228,17 +316,44 @@ def _plot(a) -> int:
 
     if Path(a.out).is_dir():
         raise ValueError(f"--out {a.out} is a folder; give the PNG file to write, e.g. {Path(a.out) / 'tradeoff.png'}")
-    path = plot_tradeoff(collect_results(a.inputs), a.out, title=a.title)
+    results = collect_results(a.inputs)
+    no_pgd = [r["_file"] for r in results if r.get("pgd_acc") is None]
+    if no_pgd:
+        print(f"etbkernels plot: note: left out {len(no_pgd)} result(s) without PGD accuracy (eval --no-pgd): "
+              + ", ".join(no_pgd), file=sys.stderr)
+    path = plot_tradeoff(results, a.out, title=a.title or "")
     print(f"wrote {path}")
     return 0
 
 
+def run_reporting_errors(name: str, fn: Callable[[], int]) -> int:
+    """``fn()``'s exit status; an exception becomes one line ``NAME: error: ...`` on stderr and exit 1
+    (Ctrl-C: one line and 130), never a traceback. ``ETBKERNELS_TRACEBACK=1`` re-raises unexpected ones."""
+    try:
+        return fn()
+    except (ValueError, OSError) as err:  # OSError: FileNotFoundError, FileExistsError, NotADirectoryError, ...
+        msg = str(err)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - a bug or a torch failure: still one line, with the type
+        if os.environ.get("ETBKERNELS_TRACEBACK"):
+            raise
+        msg = f"{type(err).__name__}: {err} (set ETBKERNELS_TRACEBACK=1 for the traceback)"
+    print(f"{name}: error: {' '.join(msg.split())}", file=sys.stderr)  # one line, whatever the text looks like
+    return EXIT_ERROR
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point; returns the exit status (argparse exits with 2 on bad options)."""
+    from ._progress import quiet
+
     a = build_parser().parse_args(argv)
-    try:
-        return {"train": _train, "eval": _eval, "plot": _plot}[a.command](a)
-    except (ValueError, OSError) as err:  # OSError: FileNotFoundError, FileExistsError, NotADirectoryError, ...
-        msg = " ".join(str(err).split())  # one line, whatever the exception's text looks like
-        print(f"etbkernels {a.command}: error: {msg}", file=sys.stderr)
-        return EXIT_ERROR
+    _check_combinations(a)
+    command = {"train": _train, "eval": _eval, "plot": _plot}[a.command]
+
+    def run() -> int:
+        with quiet() if getattr(a, "no_progress", False) else contextlib.nullcontext():
+            return command(a)
+
+    return run_reporting_errors(f"etbkernels {a.command}", run)

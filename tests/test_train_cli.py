@@ -78,8 +78,9 @@ def test_existing_run_and_mismatched_resume(tmp_path, capsys):
     assert "method='nominal'/'ibp'" in capsys.readouterr().err
     assert _train(tmp_path / "none", "--resume") == 1
     assert "no checkpoint" in capsys.readouterr().err
-    assert _train(tmp_path / "m0", "--lr-milestones", "0") == 1
-    assert "lr milestones are epochs >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # a usage error now, caught by the parser
+        _train(tmp_path / "m0", "--lr-milestones", "0")
+    assert exc.value.code == 2 and "--lr-milestones: lr milestones are epochs >= 1" in capsys.readouterr().err
     assert not (tmp_path / "m0").exists()
 
 

@@ -8,9 +8,10 @@ float32 weights converted exactly), so IBP's rounding error is far below any mar
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 from torch import Tensor
@@ -18,7 +19,7 @@ from torch import Tensor
 from .._progress import progress
 from ..attacks import pgd_attack, pgd_output_range
 from ..network.api import bounds, margin_spec
-from .checkpoint import load_run_checkpoint
+from .checkpoint import CHECKPOINT, load_run_checkpoint
 from .data import DATASETS, build_model, load_dataset
 from .loop import CLIP
 
@@ -57,18 +58,73 @@ def _margins(model, x: Tensor, y: Tensor, K: int) -> Tensor:
     return (margin_spec(y, K, dtype=z.dtype) @ z.unsqueeze(-1)).squeeze(-1)
 
 
+def result_path(out: Union[str, Path], eps: float) -> Path:
+    """Where the command line writes the result of an evaluation at ``eps``: ``OUT/eval_eps<eps>.json``."""
+    return Path(out) / f"eval_eps{eps:g}.json"
+
+
+def eval_settings(checkpoint: Union[str, Path], *, eps: float, limit: Optional[int] = None, batch_size: int = 200,
+                  pgd_steps: Optional[int] = 40, pgd_restarts: int = 1, pgd_step_size: Optional[float] = None,
+                  float64: bool = True, etb_mask: str = "ibp", violation_limit: int = 200, violation_steps: int = 20,
+                  violation_restarts: int = 1, violation_tol: float = 1e-6, data_dir: Optional[str] = None,
+                  seed: int = 0, full_crown: bool = False) -> Dict[str, Any]:
+    """The settings that decide an evaluation's numbers, as :func:`evaluate` records them under ``"settings"``
+    (JSON-ready); the command line compares them with an existing result before overwriting it.
+
+    The device and thread count are left out: they change the numbers by rounding only.
+    """
+    ck = Path(checkpoint)
+    ck = ck / CHECKPOINT if ck.is_dir() else ck
+    pgd = pgd_steps is not None
+    settings = {
+        "checkpoint": str(ck.resolve()), "eps": eps, "limit": limit, "batch_size": batch_size,
+        "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+        "pgd_steps": pgd_steps, "pgd_restarts": pgd_restarts if pgd else None,
+        "pgd_step_size": pgd_step_size if pgd else None,
+        "bounds_dtype": "float64" if float64 else "float32", "etb_mask": etb_mask, "etb_center": "output",
+        "violation_limit": violation_limit, "violation_steps": violation_steps,
+        "violation_restarts": violation_restarts, "violation_tol": violation_tol, "seed": seed,
+        "full_crown": full_crown,
+    }
+    return json.loads(json.dumps(settings))  # as a JSON file holds them (tuples -> lists, ...), for comparisons
+
+
+def settings_conflict(path: Union[str, Path], settings: Dict[str, Any]) -> Optional[str]:
+    """None if ``path`` does not exist or holds a result of exactly ``settings``; otherwise a
+    one-line description of what differs (or of why the file is not a result to compare with).
+
+    A setting the file does not record (a result written before it was recorded) counts as
+    differing: the file may hold a larger or otherwise different evaluation.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        old = None
+    if not isinstance(old, dict) or not isinstance(old.get("settings"), dict):
+        return "it is not an etbkernels evaluation result"
+    recorded = dict(old["settings"], eps=old.get("eps"))
+    diffs = [f"{k} {recorded[k]!r} -> {v!r}" if k in recorded else f"{k} (not recorded) -> {v!r}"
+             for k, v in settings.items() if k not in recorded or recorded[k] != v]
+    return "settings differ: " + ", ".join(diffs) if diffs else None
+
+
 def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit: Optional[int] = None,
-             batch_size: int = 200, pgd_steps: int = 40, pgd_restarts: int = 1, pgd_step_size: Optional[float] = None,
-             float64: bool = True, etb_mask: str = "ibp", violation_limit: int = 200, violation_steps: int = 20,
-             violation_restarts: int = 1, violation_tol: float = 1e-6, data_dir: Optional[str] = None,
-             device: str = "cpu", seed: int = 0, show_progress: bool = True, full_crown: bool = False) -> Dict:
+             batch_size: int = 200, pgd_steps: Optional[int] = 40, pgd_restarts: int = 1,
+             pgd_step_size: Optional[float] = None, float64: bool = True, etb_mask: str = "ibp",
+             violation_limit: int = 200, violation_steps: int = 20, violation_restarts: int = 1,
+             violation_tol: float = 1e-6, data_dir: Optional[str] = None, device: str = "cpu", seed: int = 0,
+             show_progress: bool = True, full_crown: bool = False, state: Optional[Dict] = None) -> Dict:
     """Evaluates a checkpoint on the test split; returns a JSON-ready dict (see :data:`COLUMNS`).
 
     Args:
         eps: L-inf radius in pixels (default: the ``eps`` of the run's config, which a nominal run
             stores too although it did not train with it).
         limit: first ``limit`` test images (default all).
-        pgd_*: PGD against the true labels (random start, ``pgd_restarts`` restarts).
+        pgd_*: PGD against the true labels (random start, ``pgd_restarts`` restarts);
+            ``pgd_steps=None`` skips the attack: the PGD figures are then None, not 0.
         float64: compute the bounds (and the violation attack) in float64.
         etb_mask: ETB masks ("ibp": the authors' release; "etb": blockwise).
         violation_limit, violation_steps, violation_restarts: PGD on every margin, both
@@ -77,12 +133,22 @@ def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit
         full_crown: also verify with full CROWN (``bounds(method="crown")``: the tightest sound
             bounds here on networks not trained for IBP, and a backward pass per hidden neuron, so
             seconds per image on a CNN: see docs/networks.md).
+        state: the checkpoint already loaded by :func:`load_run_checkpoint` (else it is loaded).
+        show_progress: progress per image batch on stderr (a bar on a terminal, plain lines otherwise).
     """
-    state = load_run_checkpoint(checkpoint)
+    if pgd_steps is not None and (pgd_steps < 1 or pgd_restarts < 1):
+        raise ValueError(f"need pgd_steps >= 1 and pgd_restarts >= 1 (pgd_steps=None skips the attack), got "
+                         f"{pgd_steps}, {pgd_restarts}")
+    state = load_run_checkpoint(checkpoint) if state is None else state
     cfg = state["config"]
     eps = cfg["eps"] if eps is None else eps
     if not 0 <= eps <= 1:
         raise ValueError(f"eps must be in [0, 1] (pixel units), got {eps}")
+    settings = eval_settings(checkpoint, eps=eps, limit=limit, batch_size=batch_size, pgd_steps=pgd_steps,
+                             pgd_restarts=pgd_restarts, pgd_step_size=pgd_step_size, float64=float64,
+                             etb_mask=etb_mask, violation_limit=violation_limit, violation_steps=violation_steps,
+                             violation_restarts=violation_restarts, violation_tol=violation_tol,
+                             data_dir=data_dir, seed=seed, full_crown=full_crown)
     dev = torch.device(device)
     model = _rebuild(state, dev)
     bdtype = torch.float64 if float64 else torch.float32
@@ -93,13 +159,16 @@ def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit
     sums = dict(clean=0, pgd=0, ibp=0, crown=0, crown_fwd=0, crown_full=0, any=0, etb=0, verified_not_pgd=0,
                 etb_w=0.0, ibp_w=0.0, crown_w=0.0, crown_fwd_w=0.0, crown_full_w=0.0)
     viol = dict(pairs=0, pairs_lower=0, images=0, n_pairs=0, n_images=0, ibp_pairs=0)
-    starts = list(range(0, N, batch_size))
-    for bi, s in enumerate(progress(starts, desc=f"eval eps={eps:g}", disable=not show_progress or None)):
+    bar = progress(desc=f"eval {cfg['method']} eps={eps:g}", total=N, unit="images", disable=not show_progress)
+    for bi, s in enumerate(range(0, N, batch_size)):
         x, y = x_all[s:s + batch_size].to(dev), y_all[s:s + batch_size].to(dev)
         with torch.no_grad():
             clean = model(x).argmax(1) == y
-        _, robust = pgd_attack(model, x, y, eps, steps=pgd_steps, restarts=pgd_restarts, step_size=pgd_step_size,
-                               clip=CLIP, seed=seed + bi)
+        if pgd_steps is not None:
+            _, robust = pgd_attack(model, x, y, eps, steps=pgd_steps, restarts=pgd_restarts,
+                                   step_size=pgd_step_size, clip=CLIP, seed=seed + bi)
+        else:
+            robust = None
         xb = x.to(bdtype)
         spec = margin_spec(y, K, dtype=bdtype)
         with torch.no_grad():
@@ -119,13 +188,14 @@ def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit
             sums["crown_full_w"] += float(full.width.sum())
         etb_ok = (eb.lower > 0).all(1)
         sums["clean"] += int(clean.sum())
-        sums["pgd"] += int(robust.sum())
+        if robust is not None:
+            sums["pgd"] += int(robust.sum())
+            sums["verified_not_pgd"] += int((verified & ~robust).sum())  # must stay 0 (all are sound)
         sums["ibp"] += int(ibp_ok.sum())
         sums["crown"] += int(crown_ok.sum())
         sums["crown_fwd"] += int(fwd_ok.sum())
         sums["any"] += int(verified.sum())
         sums["etb"] += int(etb_ok.sum())
-        sums["verified_not_pgd"] += int((verified & ~robust).sum())  # must stay 0 (all are sound)
         sums["etb_w"] += float(eb.width.sum())
         sums["ibp_w"] += float(ib.width.sum())
         sums["crown_w"] += float(cb.width.sum())
@@ -151,12 +221,15 @@ def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit
             viol["n_images"] += nv
             itol = violation_tol * (1 + ib.center[:nv].abs())
             viol["ibp_pairs"] += int(((fmin < ib.lower[:nv] - itol) | (fmax > ib.upper[:nv] + itol)).sum())
+        bar.update(len(y))
+    bar.close()
+    pgd = pgd_steps is not None
     npairs = max(viol["n_pairs"], 1)
     res = {
         "checkpoint": str(checkpoint), "dataset": cfg["dataset"], "model": cfg["model"], "method": cfg["method"],
         "train_eps": cfg["eps"] if cfg["method"] != "nominal" else 0.0, "eps": eps, "n": N,
         "epochs_trained": int(state["epoch"]),
-        "clean_acc": sums["clean"] / N, "pgd_acc": sums["pgd"] / N,
+        "clean_acc": sums["clean"] / N, "pgd_acc": sums["pgd"] / N if pgd else None,
         "ibp_verified_acc": sums["ibp"] / N,
         "crown_verified_acc": sums["crown"] / N,
         "crown_forward_verified_acc": sums["crown_fwd"] / N,
@@ -172,11 +245,8 @@ def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit
         "crown_margin_width": sums["crown_w"] / (N * (K - 1)),
         "crown_forward_margin_width": sums["crown_fwd_w"] / (N * (K - 1)),
         "crown_full_margin_width": sums["crown_full_w"] / (N * (K - 1)) if full_crown else None,
-        "verified_but_pgd_broken": sums["verified_not_pgd"],
-        "settings": {"pgd_steps": pgd_steps, "pgd_restarts": pgd_restarts, "pgd_step_size": pgd_step_size,
-                     "bounds_dtype": str(bdtype).replace("torch.", ""), "etb_mask": etb_mask,
-                     "etb_center": "output", "violation_steps": violation_steps,
-                     "violation_restarts": violation_restarts, "seed": seed, "full_crown": full_crown},
+        "verified_but_pgd_broken": sums["verified_not_pgd"] if pgd else None,
+        "settings": settings,
         "note": NOTE,
     }
     return res

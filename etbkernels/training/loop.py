@@ -238,7 +238,8 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
         t0 = time.perf_counter()
         tot = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
         batches = _batches(n, cfg.batch_size, world, rank, cfg.seed, epoch)
-        bar = progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress or rank != 0 or None)
+        bar = progress(batches, desc=f"train epoch {epoch + 1}/{cfg.epochs}", unit="batches",
+                       disable=not cfg.progress or rank != 0)
         for idx in bar:
             xb, yb = x[idx].to(device), y[idx].to(device)
             eps_t, kappa_t = eps_at(step), kappa_at(step)
@@ -260,8 +261,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
             with torch.no_grad():
                 tot += torch.tensor([loss.item() * len(yb), (logits.argmax(1) == yb).sum().item(), len(yb)],
                                     dtype=torch.float64, device=device)
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{loss.item():.4f}", eps=f"{eps_t:.3g}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", eps=f"{eps_t:.3g}")
         if world > 1:
             dist.all_reduce(tot)
         if not _all_finite(model):

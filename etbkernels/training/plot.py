@@ -34,7 +34,13 @@ def collect_results(paths: Iterable[Union[str, Path]]) -> List[Dict]:
 
 
 def plot_tradeoff(results: List[Dict], out: Union[str, Path], *, title: str = "") -> Path:
-    """Scatter of clean accuracy (x) vs PGD accuracy (y): one marker per method, labelled with eps."""
+    """Scatter of clean accuracy (x) vs PGD accuracy (y): one marker per method, labelled with eps.
+
+    Results without a PGD accuracy (``eval --no-pgd``) are left out; ValueError if none is left.
+    """
+    results = [r for r in results if r.get("pgd_acc") is not None]
+    if not results:
+        raise ValueError("no result with a PGD accuracy to plot (they were evaluated with --no-pgd)")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
