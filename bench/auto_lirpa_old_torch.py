@@ -8,24 +8,26 @@ needs no shim, and compares:
     # 1. in a venv with the oldest torch this machine's index has for Python 3.11 (1.13.1):
     python -m venv /tmp/alp113 && /tmp/alp113/bin/pip install torch==1.13.1 "numpy<2" appdirs tqdm
     /tmp/alp113/bin/pip install --no-deps auto_LiRPA==0.3
-    /tmp/alp113/bin/python bench/auto_lirpa_old_torch.py --dump /tmp/alp_old.pt
+    /tmp/alp113/bin/python -m bench.auto_lirpa_old_torch --dump /tmp/alp_old.pt
     # 2. here (.venv: torch 2.13, etbkernels):
-    .venv/bin/python bench/auto_lirpa_old_torch.py --compare /tmp/alp_old.pt
+    .venv/bin/python -m bench run auto_lirpa_old_torch -- --compare /tmp/alp_old.pt
 
 It prints, per case and seed, how far auto_LiRPA's bounds under the old torch are from its bounds
-here and from ours, and how many outputs PGD drives outside each. The model builders live here
-(torch only) so the test and the old-torch run build the same networks.
+here and from ours, and how many outputs PGD drives outside each, and writes them to
+bench/results/auto_lirpa_old_torch.{json,md}. The model builders live here (torch only) so the
+test and the old-torch run build the same networks; the dump side imports nothing newer than
+torch 1.13 (the harness is imported by --compare only).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
 from torch import nn
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from . import auto_lirpa_compat
+
 EPS = 0.03
 SEEDS = (11, 12)
 
@@ -53,8 +55,7 @@ def case_inputs(make, seed):
 
 
 def dump(path: str) -> None:
-    sys.path.insert(0, HERE)
-    import auto_lirpa_compat
+    """Runs auto_LiRPA on every case and seed, saves its bounds with the models and inputs."""
     out = []
     for name, make, theirs, _ in CASES:
         for seed in SEEDS:
@@ -66,13 +67,13 @@ def dump(path: str) -> None:
     torch.save(out, path)
 
 
-def compare(path: str) -> None:
-    sys.path.insert(0, HERE)
-    import auto_lirpa_compat
+def compare(path: str) -> list:
+    """The saved bounds against auto_LiRPA here, ours and PGD: one line per case and seed."""
     from etbkernels.attacks import pgd_output_range
     from etbkernels.network import bounds
     builders = {name: make for name, make, _, _ in CASES}
     ours_of = {theirs: ours for _, _, theirs, ours in CASES}
+    lines = []
     for r in torch.load(path):
         model = builders[r["name"]]()
         model.load_state_dict(r["state"])
@@ -83,19 +84,32 @@ def compare(path: str) -> None:
                                       seed=r["seed"])
         escaped = lambda lo, up: int(((fmin < lo - 1e-12) | (fmax > up + 1e-12)).sum())  # noqa: E731
         gap = lambda lo, up: max((r["lo"] - lo).abs().max().item(), (r["up"] - up).abs().max().item())  # noqa: E731
-        print(f"{r['name']} {r['method']} seed {r['seed']}: auto_LiRPA on torch {r['torch']} vs on torch "
-              f"{torch.__version__}: max diff {gap(lo_now, up_now):.1e}; vs ours {gap(b.lower, b.upper):.1e}; "
-              f"outputs PGD drives outside: auto_LiRPA {escaped(r['lo'], r['up'])} of {fmin.numel()}, "
-              f"ours {escaped(b.lower, b.upper)}")
+        lines.append(f"- {r['name']} {r['method']} seed {r['seed']}: auto_LiRPA on torch {r['torch']} vs on torch "
+                     f"{torch.__version__}: max diff {gap(lo_now, up_now):.1e}; vs ours {gap(b.lower, b.upper):.1e}; "
+                     f"outputs PGD drives outside: auto_LiRPA {escaped(r['lo'], r['up'])} of {fmin.numel()}, "
+                     f"ours {escaped(b.lower, b.upper)}")
+        print(lines[-1], flush=True)
+    return lines
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = ap.add_mutually_exclusive_group(required=True)
-    g.add_argument("--dump", metavar="FILE", help="run auto_LiRPA here, save its bounds")
-    g.add_argument("--compare", metavar="FILE", help="compare saved bounds with auto_LiRPA here, ours and PGD")
-    args = ap.parse_args(argv)
-    dump(args.dump) if args.dump else compare(args.compare)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "--dump":  # under the old torch: argparse only, no harness
+        ap = argparse.ArgumentParser(prog="python -m bench.auto_lirpa_old_torch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+        ap.add_argument("--dump", metavar="FILE", required=True, help="run auto_LiRPA here, save its bounds")
+        dump(ap.parse_args(argv).dump)
+        return 0
+    from .harness import bench_parser, parse_bench_args, write_results
+
+    ap = bench_parser(__doc__, "bench.auto_lirpa_old_torch")
+    ap.add_argument("--compare", metavar="FILE", required=True,
+                    help="bounds saved by --dump under torch 1.13: compare with auto_LiRPA here, ours and PGD")
+    args = parse_bench_args(ap, argv)
+    lines = compare(args.compare)
+    write_results(args, "auto_lirpa_old_torch", {"dump": args.compare, "lines": lines},
+                  ["# auto_LiRPA 0.3 under torch 1.13 and here (generated by bench/auto_lirpa_old_torch.py)", "",
+                   *lines])
     return 0
 
 

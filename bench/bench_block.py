@@ -6,15 +6,11 @@ and the limit: one matmul doing the same 2*N*m*h*n flops (into a preallocated ou
 GFLOP/s (dense-equivalent and on the active units the kernel really multiplies); and the peak
 extra memory of each method (fresh subprocess each). Results: bench/results/block_cpu.{json,md,png}.
 
-    python -m bench.bench_block                 # the default shapes
-    python -m bench.bench_block --quick         # small shapes, a smoke run
+    python -m bench run block                   # the default shapes (python -m bench.bench_block)
+    python -m bench run block --quick           # one tiny shape, peak memory of etb_fwd only: a smoke run
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -24,12 +20,11 @@ import etbkernels as E
 from etbkernels import reference as R
 from etbkernels.testing import random_block
 
-from ._timing import interleaved_medians, measure_peak_extra_mib, peak_in_subprocess
+from .harness import bench_parser, interleaved_medians, parse_bench_args, peak_in_child, report_peak, write_results
 
 DEFAULT_SHAPES = [(64, 784, 1024, 1024), (256, 784, 1024, 10), (256, 784, 512, 512), (1, 3072, 1024, 1024)]
-QUICK_SHAPES = [(8, 64, 96, 32), (32, 128, 64, 10)]
+QUICK_SHAPES = [(8, 64, 96, 32)]
 METHODS = ["etb_fwd", "etb_fwd_bwd", "ibp_fwd", "naive_ref_fwd", "same_flops_matmul"]
-OUT = Path(__file__).resolve().parent / "results"
 
 
 def make_calls(shape, dtype=torch.float32, eps=0.02):
@@ -59,14 +54,11 @@ def make_calls(shape, dtype=torch.float32, eps=0.02):
     return calls, active
 
 
-def _peak_main(method: str, shape):
-    def setup():
-        calls, _ = make_calls(shape)
-        return calls[method]
-    print(json.dumps({"peak_extra_mib": measure_peak_extra_mib(setup)}))
+def _peak_child(method: str, shape):
+    report_peak(lambda: make_calls(shape)[0][method])
 
 
-def run(shapes, repeats: int):
+def run(shapes, repeats: int, peak_methods=METHODS):
     rows = []
     for shape in shapes:
         N, n, h, m = shape
@@ -89,10 +81,11 @@ def run(shapes, repeats: int):
                 entry["gflops_active"] = flops * active / entry["median_s"] / 1e9
             if name == "same_flops_matmul":
                 entry["gflops"] = flops / entry["median_s"] / 1e9
-            entry["peak_extra_mib"] = peak_in_subprocess("bench.bench_block", [name, *map(str, shape)])
+            if name in peak_methods:
+                entry["peak_extra_mib"] = peak_in_child("bench.bench_block", [name, *shape])["extra_mib"]
             row["methods"][name] = entry
         naive = row["methods"].get("naive_ref_fwd")
-        if naive:
+        if naive and "peak_extra_mib" in naive:
             row["naive_over_etb_peak_memory"] = naive["peak_extra_mib"] / max(row["methods"]["etb_fwd"]["peak_extra_mib"], 1e-3)
             row["etb_speedup_over_naive"] = naive["median_s"] / row["methods"]["etb_fwd"]["median_s"]
         rows.append(row)
@@ -100,18 +93,21 @@ def run(shapes, repeats: int):
     return rows
 
 
+def _peak_text(e) -> str:
+    return f"{e['peak_extra_mib']:.1f}" if "peak_extra_mib" in e else "-"
+
+
 def _row_text(row) -> str:
     s = row["shape"]
     lines = [f"(N, n, h, m) = ({s['N']}, {s['n']}, {s['h']}, {s['m']}), active ReLUs {row['active_fraction']:.2f}"]
     for name, e in row["methods"].items():
         lines.append(f"  {name:18s} {e['median_s'] * 1e3:9.1f} ms  x{e['ratio_to_same_flops_matmul']:5.2f} of matmul"
-                     f"  peak +{e['peak_extra_mib']:8.1f} MiB")
+                     f"  peak +{_peak_text(e):>8s} MiB")
     return "\n".join(lines)
 
 
-def to_markdown(result) -> str:
-    out = [f"# Block benchmark (CPU)\n", f"`{result['command']}` on {result['machine']}, torch {result['torch']}, "
-           f"{result['threads']} threads, float32, eps 0.02, median of {result['repeats']} interleaved repeats.\n",
+def to_markdown(result) -> list:
+    out = ["# Block benchmark (CPU)", "", f"float32, eps 0.02, median of {result['repeats']} interleaved repeats.", "",
            "| N, n, h, m | active | method | time (ms) | / same-flops matmul | GFLOP/s | peak extra (MiB) |",
            "|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
@@ -120,7 +116,7 @@ def to_markdown(result) -> str:
             gf = e.get("gflops_active", e.get("gflops", ""))
             gf = f"{gf:.1f}" if gf != "" else ""
             out.append(f"| {s['N']}, {s['n']}, {s['h']}, {s['m']} | {row['active_fraction']:.2f} | {name} | "
-                       f"{e['median_s'] * 1e3:.1f} | {e['ratio_to_same_flops_matmul']:.2f} | {gf} | {e['peak_extra_mib']:.1f} |")
+                       f"{e['median_s'] * 1e3:.1f} | {e['ratio_to_same_flops_matmul']:.2f} | {gf} | {_peak_text(e)} |")
     out.append("\nGFLOP/s: for etb_fwd, on the active hidden units it multiplies (2*N*m*h_active*n); for the "
                "matmul, its 2*N*m*h*n. The naive reference is skipped where its P would exceed 800 MB.")
     for row in result["rows"]:
@@ -128,7 +124,7 @@ def to_markdown(result) -> str:
             s = row["shape"]
             out.append(f"- ({s['N']}, {s['n']}, {s['h']}, {s['m']}): naive/fused peak memory "
                        f"{row['naive_over_etb_peak_memory']:.1f}x, fused is {row['etb_speedup_over_naive']:.2f}x faster.")
-    return "\n".join(out) + "\n"
+    return out
 
 
 def plot(result, path: Path):
@@ -155,32 +151,28 @@ def plot(result, path: Path):
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "--peak":
-        return _peak_main(argv[1], tuple(int(v) for v in argv[2:6]))
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--out", type=Path, default=OUT, help="folder for block_cpu.{json,md,png}")
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "--peak":  # the child of peak_in_child: METHOD N n h m
+        _peak_child(argv[1], tuple(int(v) for v in argv[2:6]))
+        return 0
+    p = bench_parser(__doc__, "bench.bench_block")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 5; --quick 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = p.parse_args(argv)
+    args = parse_bench_args(p, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    shapes = QUICK_SHAPES if args.quick else DEFAULT_SHAPES
-    rows = run(shapes, args.repeats)
-    result = {"command": " ".join(["python -m bench.bench_block", *argv]),
-              "machine": f"{platform.machine()} {os.cpu_count()} cores", "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "repeats": args.repeats, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = ("block_cpu_quick" if args.quick else "block_cpu") + (f"_{args.threads}t" if args.threads else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    (args.out / f"{stem}.md").write_text(to_markdown(result))
-    plot(result, args.out / f"{stem}.png")
-    print(f"wrote {args.out / stem}.{{json,md,png}}")
+    repeats = args.repeats or (1 if args.quick else 5)
+    rows = run(QUICK_SHAPES if args.quick else DEFAULT_SHAPES, repeats,
+               peak_methods=["etb_fwd"] if args.quick else METHODS)
+    result = {"repeats": repeats, "rows": rows}
+    name = "block_cpu" + (f"_{args.threads}t" if args.threads else "")
+    write_results(args, name, result, to_markdown(result), figure=lambda path: plot(result, path))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

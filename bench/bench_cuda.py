@@ -11,16 +11,17 @@ For each shape (N, n, h, m) it times, with CUDA events (median of several runs, 
     GPU run can decide whether to switch.
 The mask is all-ones (every hidden unit active) so the fused kernel does exactly 2 N m n h flops,
 the same as the bmm; a second row per shape uses the natural ETB mask (fewer active units).
-Writes bench/results/gpu_<stamp>.json and .md and prints the markdown table last.
+Writes bench/results/gpu_<device>.{json,md} (e.g. gpu_h100) and prints the markdown table last.
+
+    python -m bench run cuda                     # python -m bench.bench_cuda (bench/gpu_check.sh runs it)
+    python -m bench run cuda --quick             # one small shape, 3 repeats
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
-import json
 import os
-import statistics
+import re
 import sys
 
 import torch
@@ -28,7 +29,7 @@ import torch
 import etbkernels
 from etbkernels import ops, reference
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from .harness import bench_parser, cuda_ms, parse_bench_args, write_results
 
 
 # Kernel variants behind environment switches, not the default until a GPU run shows them faster:
@@ -58,19 +59,14 @@ def env(variables: dict):
 
 
 def timed(fn, reps: int, warmup: int = 2) -> float:
-    """Median milliseconds of fn() over reps runs (CUDA events)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    """Median milliseconds of fn() over reps runs (CUDA events; bench/harness/timing.py)."""
+    return cuda_ms(fn, reps, warmup)
+
+
+def device_tag(name: str) -> str:
+    """A short file-name tag for a GPU: "NVIDIA H100 80GB HBM3" -> "h100" ("gpu" when none is found)."""
+    m = re.search(r"\b([A-Z]{1,2}\d{1,4}|\d{4})\b", name)
+    return m.group(1).lower() if m else "gpu"
 
 
 def peak_extra(fn) -> int:
@@ -273,37 +269,29 @@ def verdict_lines(results, judge) -> list:
             for r in results]
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--shapes", default="256,784,1024,1024;256,3072,1024,1024")
-    ap.add_argument("--reps", type=int, default=10)
+def main(argv=None) -> int:
+    ap = bench_parser(__doc__, "bench.bench_cuda")
+    ap.add_argument("--shapes", default=None, help="N,n,h,m;... (default 256,784,1024,1024;256,3072,1024,1024; "
+                                                   "--quick: 16,256,256,256)")
+    ap.add_argument("--reps", type=int, default=None, help="default 10 (--quick: 3)")
     ap.add_argument("--no-naive", action="store_true")
-    ap.add_argument("--out", default=os.path.join(HERE, "results"))
-    args = ap.parse_args()
+    args = parse_bench_args(ap, argv)
     if not (torch.cuda.is_available() and etbkernels.has_cuda_kernels()):
         print("bench_cuda: needs a GPU and a CUDA build of etbkernels", file=sys.stderr)
         return 2
+    shapes = args.shapes or ("16,256,256,256" if args.quick else "256,784,1024,1024;256,3072,1024,1024")
+    reps = args.reps or (3 if args.quick else 10)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "time": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     results = []
-    for spec in args.shapes.split(";"):
+    for spec in shapes.split(";"):
         N, n, h, m = (int(x) for x in spec.split(","))
         print(f"bench_cuda: shape {N},{n},{h},{m} ...", flush=True)
-        results.append(bench_shape(N, n, h, m, args.reps, do_naive=not args.no_naive))
+        results.append(bench_shape(N, n, h, m, reps, do_naive=not args.no_naive))
         torch.cuda.empty_cache()
-    write_results(args.out, "gpu", {"meta": meta, "results": results}, markdown(meta, results))
+    write_results(args, f"gpu_{device_tag(meta['device'])}", {"meta": meta, "results": results},
+                  markdown(meta, results).splitlines())
     return 0
-
-
-def write_results(out_dir: str, prefix: str, payload: dict, md: str) -> None:
-    """Writes <out_dir>/<prefix>_<UTC stamp>.{json,md} and prints the markdown."""
-    os.makedirs(out_dir, exist_ok=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    with open(os.path.join(out_dir, f"{prefix}_{stamp}.json"), "w") as fh:
-        json.dump(payload, fh, indent=1)
-    with open(os.path.join(out_dir, f"{prefix}_{stamp}.md"), "w") as fh:
-        fh.write(md)
-    print(md)
 
 
 if __name__ == "__main__":

@@ -17,73 +17,30 @@ float32, random weights, eps 0.1, no gradients) this times, in one run:
 
 auto_LiRPA 0.3 is an optional comparison (``lirpa_ibp``, ``lirpa_crown_ibp``): timed when it
 imports through bench/auto_lirpa_compat.py (scripts/setup.sh installs it), reported as
-unavailable otherwise. Timings are medians of --repeats runs (one run when a call
-takes longer than 20 s). Writes bench/results/bench_network.{json,md}.
+unavailable otherwise. Timings are medians of --repeats interleaved rounds (one run when a call
+takes longer than 20 s). Writes bench/results/bench_network.{json,md} (with --frozen:
+bench_network_frozen.{json,md}).
 
-    python bench/bench_network.py                 # small + medium CNN, batch 256
-    python bench/bench_network.py --batch 64 --models small
-    python bench/bench_network.py --frozen --out bench/results/bench_network_frozen   # requires_grad=False
+    python -m bench run network                 # small + medium CNN, batch 256 (python -m bench.bench_network)
+    python -m bench run network -- --batch 64 --models small
+    python -m bench run network -- --frozen     # requires_grad=False: bench_network_frozen
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import statistics
 import sys
-import time
 
 import torch
-from torch import nn
-from tqdm import tqdm
 
 import etbkernels
 from etbkernels.network import models
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import auto_lirpa_compat  # noqa: E402
+from . import auto_lirpa_compat
+from .harness import interleaved_medians, parse_bench_args, write_results
+from .harness.network_args import network_parser, network_settings
+from .per_logit import per_logit_autograd
+
 EPS = 0.1
-
-
-def per_logit_autograd(model: nn.Sequential, x: torch.Tensor, eps: float,
-                       create_graph: bool = False) -> etbkernels.Bounds:
-    """The authors' release algorithm: IBP masks, then one autograd pass per logit.
-
-    ``create_graph=True`` keeps the passes differentiable in the weights (for training), at the
-    cost of a double backward when a loss on the result is backpropagated."""
-    _, layers = etbkernels.bounds(model, x, eps, method="ibp", return_layers=True)
-    masks = [(b.upper > 0).to(x.dtype) for b in layers]
-    with torch.enable_grad():
-        xx = x.detach().clone().requires_grad_(True)
-        z, i = xx, 0
-        for m in model:
-            if isinstance(m, nn.ReLU):
-                z = masks[i] * z
-                i += 1
-            else:
-                z = m(z)
-        radius = []
-        for j in range(z.shape[1]):
-            (g,) = torch.autograd.grad(z[:, j].sum(), xx, retain_graph=create_graph or j + 1 < z.shape[1],
-                                       create_graph=create_graph)
-            radius.append(g.abs().flatten(1).sum(1) * eps)
-    center = model(x)
-    return etbkernels.Bounds.from_center_radius(center, torch.stack(radius, 1))
-
-
-def _time(fn, repeats: int) -> float:
-    t = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t
-    if first > 20 or repeats <= 1:
-        return first
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+SLOW_S = 20  # a call slower than this is timed once
 
 
 def _fwd_bwd(model, x, per_logit=False, **kw):
@@ -111,18 +68,20 @@ def lirpa_fns(model, x):
             f"at most {diff:.1e} of the largest bound (float32)")
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["small", "medium"], choices=["small", "medium", "large"])
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=3)
+def _medians(fns, repeats: int) -> dict:
+    t = interleaved_medians(fns, repeats, single_if_slower_than=SLOW_S)
+    return {k: v["median_s"] for k, v in t.items()}
+
+
+def main(argv=None) -> int:
+    ap = network_parser(__doc__, "bench.bench_network", repeats=3, choices=("small", "medium", "large"), quick_batch=4)
     ap.add_argument("--skip-etb-mask-etb", action="store_true",
                     help="skip the slow all-layer timings (ETB mask=etb, CROWN forward)")
     ap.add_argument("--skip-backward", action="store_true")
     ap.add_argument("--frozen", action="store_true",
                     help="parameters with requires_grad=False, as when verifying a trained model (no backward timings)")
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "bench_network"))
-    args = ap.parse_args()
+    args = parse_bench_args(ap, argv)
+    args.models, args.batch, args.repeats = network_settings(args)
     torch.manual_seed(0)
     rows, notes = [], []
     for name in args.models:
@@ -154,17 +113,13 @@ def main():
         lf, note = lirpa_fns(model, x)
         fns.update(lf)
         notes.append(f"{name}: {note}")
-        res = {}
-        for key, fn in tqdm(list(fns.items()), desc=f"{name} no-grad"):
-            with torch.no_grad():  # per_logit enables autograd inside
-                res[key] = _time(fn, args.repeats)
+        with torch.no_grad():  # per_logit enables autograd inside
+            res = _medians(fns, args.repeats)
         if not (args.skip_backward or args.frozen):
-            back = {"ibp_fwd_bwd": lambda: _fwd_bwd(model, x, method="ibp"),
-                    "crown_ibp_fwd_bwd": lambda: _fwd_bwd(model, x, method="crown-ibp"),
-                    "etb_mask_ibp_fwd_bwd": lambda: _fwd_bwd(model, x, mask="ibp"),
-                    "per_logit_fwd_bwd": lambda: _fwd_bwd(model, x, per_logit=True)}
-            for key, fn in tqdm(list(back.items()), desc=f"{name} fwd+bwd"):
-                res[key] = _time(fn, args.repeats)
+            res.update(_medians({"ibp_fwd_bwd": lambda: _fwd_bwd(model, x, method="ibp"),
+                                 "crown_ibp_fwd_bwd": lambda: _fwd_bwd(model, x, method="crown-ibp"),
+                                 "etb_mask_ibp_fwd_bwd": lambda: _fwd_bwd(model, x, mask="ibp"),
+                                 "per_logit_fwd_bwd": lambda: _fwd_bwd(model, x, per_logit=True)}, args.repeats))
         row = {"model": name, "batch": args.batch, **{k: round(v, 4) for k, v in res.items()}}
         row["per_logit_over_etb_mask_ibp"] = round(res["per_logit"] / res["etb_mask_ibp"], 2)
         row["etb_mask_ibp_over_ibp"] = round(res["etb_mask_ibp"] / res["ibp"], 2)
@@ -180,23 +135,19 @@ def main():
             row["crown_forward_over_etb_mask_etb"] = round(res["crown_forward"] / res["etb_mask_etb"], 2)
         print(row, flush=True)
         rows.append(row)
-    meta = {"threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": "float32", "eps": EPS,
-            "repeats": args.repeats, "frozen": args.frozen, "load_avg_at_end": os.getloadavg()}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump({"meta": meta, "notes": notes, "rows": rows}, f, indent=1)
-    with open(args.out + ".md", "w") as f:
-        f.write("# Network logit-bound speed (CPU, generated by bench/bench_network.py)\n\n")
-        f.write(f"Setup: {json.dumps(meta)}\n\n")
-        for n in notes:
-            f.write(f"- {n}\n")
-        keys = [k for k in rows[0] if k not in ("model", "batch")]
-        f.write("\n| model | batch | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 2) + "\n")
-        for r in rows:
-            f.write(f"| {r['model']} | {r['batch']} | " + " | ".join(str(r.get(k, "-")) for k in keys) + " |\n")
-        f.write("\nTimes in seconds; ratios are measured in the same run.\n")
-    print(open(args.out + ".md").read())
+    meta = {"dtype": "float32", "eps": EPS, "repeats": args.repeats, "frozen": args.frozen}
+    keys = [k for k in rows[0] if k not in ("model", "batch")]
+    lines = ["# Network logit-bound speed (CPU, generated by bench/bench_network.py)", "",
+             f"float32, eps {EPS}, random weights, medians of {args.repeats} interleaved rounds"
+             f"{', parameters frozen (requires_grad=False)' if args.frozen else ''}.", ""]
+    lines += [f"- {n}" for n in notes]
+    lines += ["", "| model | batch | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
+    lines += [f"| {r['model']} | {r['batch']} | " + " | ".join(str(r.get(k, "-")) for k in keys) + " |" for r in rows]
+    lines += ["", "Times in seconds; ratios are measured in the same run."]
+    write_results(args, "bench_network_frozen" if args.frozen else "bench_network",
+                  {"meta": meta, "notes": notes, "rows": rows}, lines)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,32 +1,30 @@
 """Samples per chunk against time for ``mask="etb"`` network bounds on CPU (the source of
-``CPU_CACHE_CHUNK_BYTES`` in etbkernels/network/api.py).
+``CPU_CACHE_CHUNK_BYTES`` in etbkernels/network/chunking.py).
 
 The forward (patches / directions) path holds tensors of millions of numbers per sample; with
 chunks sized for memory (1 GiB) every elementwise pass and scatter-add goes to DRAM. This times
 ``etbkernels.bounds(mask="etb", chunk_size=c)`` for several c, and the default choice, for the
 MLP, small and medium CNN (batch 256, random weights, no gradients) and the small CNN with a
 backward pass (batch 128, training cost). Medians of --repeats. Writes
-bench/results/chunk_size_network.{json,md}.
+bench/results/chunk_size_network.{json,md}; with --plan-only (no timing) the chunk sizes per
+model, bench/results/chunk_plan_network.{json,md}.
 
-    python bench/chunk_size_network.py
-    python bench/chunk_size_network.py --plan-only   # chunk sizes per model, no timing
+    python -m bench run chunk_size_network                   # python -m bench.chunk_size_network
+    python -m bench run chunk_size_network -- --plan-only    # chunk sizes per model, no timing
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 
 import torch
 
 import etbkernels
-from etbkernels.network import models
-from etbkernels.network.chunking import forward_chunk as _forward_chunk, memory_chunk as _memory_chunk
-from etbkernels.network.parse import parse_model
+from etbkernels._internal import forward_chunk, forward_numel_per_sample, memory_chunk
+from etbkernels.network import models, parse_model
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_OUT = os.path.join(HERE, "results", "chunk_size_network")
+from .harness import bench_parser, median_seconds, parse_bench_args, write_results
+
 CASES = {"mlp": (models.mlp, 256, False), "small": (models.small_cnn, 256, False),
          "medium": (models.medium_cnn, 256, False), "small_fwd_bwd": (models.small_cnn, 128, True)}
 
@@ -38,9 +36,7 @@ def run_case(name: str, batch: int, chunks, repeats: int) -> dict:
     model = build()
     x = torch.rand(batch, 1, 28, 28)
     net = parse_model(model, tuple(x.shape[1:]), x)
-    from _timing import median_seconds
-
-    memory_chunk = _memory_chunk(net, grad, 4)
+    by_memory = memory_chunk(net, grad, 4)
 
     def call(c):
         with torch.set_grad_enabled(grad):
@@ -49,13 +45,13 @@ def run_case(name: str, batch: int, chunks, repeats: int) -> dict:
                 (b.upper - b.lower).sum().backward()
 
     times = {}
-    for c in list(chunks) + [memory_chunk, None]:
+    for c in list(chunks) + [by_memory, None]:
         key = "default" if c is None else str(min(c, batch))
         if key not in times:
             times[key] = median_seconds(lambda: call(c), repeats)
-    return {"case": name, "batch": batch, "default_chunk": min(_forward_chunk(net, grad, 4, x.device), batch),
-            "memory_chunk": min(memory_chunk, batch), "seconds": times,
-            "memory_over_default": times[str(min(memory_chunk, batch))] / times["default"]}
+    return {"case": name, "batch": batch, "default_chunk": min(forward_chunk(net, grad, 4, x.device), batch),
+            "memory_chunk": min(by_memory, batch), "seconds": times,
+            "memory_over_default": times[str(min(by_memory, batch))] / times["default"]}
 
 
 PLAN_MODELS = {"mlp": models.mlp, "small": models.small_cnn, "medium": models.medium_cnn, "large": models.large_cnn}
@@ -64,16 +60,14 @@ PLAN_MODELS = {"mlp": models.mlp, "small": models.small_cnn, "medium": models.me
 def chunk_plan() -> list:
     """Per model (no timing): the largest per-sample tensor of the forward path and the chunks the
     two rules give, without and with gradients (float32, CPU)."""
-    from etbkernels.network.etb import forward_numel_per_sample
-
     x = torch.zeros(1, 1, 28, 28)
     rows = []
     for name, build in PLAN_MODELS.items():
         net = parse_model(build(), (1, 28, 28), x)
         peak = forward_numel_per_sample(net)
         rows.append({"model": name, "largest_numel_per_sample": peak, "largest_mib_per_sample": peak * 4 / 2 ** 20,
-                     "memory_chunk": [_memory_chunk(net, g, 4) for g in (False, True)],
-                     "cpu_default_chunk": [_forward_chunk(net, g, 4, x.device) for g in (False, True)]})
+                     "memory_chunk": [memory_chunk(net, g, 4) for g in (False, True)],
+                     "cpu_default_chunk": [forward_chunk(net, g, 4, x.device) for g in (False, True)]})
     return rows
 
 
@@ -88,37 +82,36 @@ def plan_lines(plan) -> list:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    ap.add_argument("--chunks", nargs="+", type=int, default=[2, 4, 8, 16, 32])
-    ap.add_argument("--batch", type=int, default=0, help="override every case's batch (0: 256, 128 with backward)")
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--out", default=DEFAULT_OUT)
+    ap = bench_parser(__doc__, "bench.chunk_size_network")
+    ap.add_argument("--cases", nargs="+", default=None, choices=list(CASES), help="default all (--quick: small)")
+    ap.add_argument("--chunks", nargs="+", type=int, default=None, help="default 2 4 8 16 32 (--quick: 1)")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="override every case's batch (default 256, 128 with backward; --quick: 3)")
+    ap.add_argument("--repeats", type=int, default=None, help="default 2 (--quick: 1)")
     ap.add_argument("--plan-only", action="store_true",
-                    help="only the chunk sizes per model, no timing (writes bench/results/chunk_plan_network)")
-    args = ap.parse_args(argv)
-    sys.path.insert(0, HERE)
-    from _timing import write_results
-
+                    help="only the chunk sizes per model, no timing (writes chunk_plan_network)")
+    args = parse_bench_args(ap, argv)
     if args.plan_only:
-        out = args.out if args.out != DEFAULT_OUT else os.path.join(HERE, "results", "chunk_plan_network")
         plan = chunk_plan()
-        write_results(out, {"torch": torch.__version__, "plan": plan}, plan_lines(plan))
+        write_results(args, "chunk_plan_network", {"plan": plan}, plan_lines(plan))
         return 0
+    cases = args.cases or (["small"] if args.quick else list(CASES))
+    chunks = args.chunks or ([1] if args.quick else [2, 4, 8, 16, 32])
+    batch, repeats = args.batch or (3 if args.quick else 0), args.repeats or (1 if args.quick else 2)
     rows = []
-    for name in args.cases:
-        rows.append(run_case(name, args.batch, args.chunks, args.repeats))
+    for name in cases:
+        rows.append(run_case(name, batch, chunks, repeats))
         print(json.dumps(rows[-1]), flush=True)
     lines = ["# mask=\"etb\" time against samples per chunk (CPU, generated by bench/chunk_size_network.py)", "",
-             f"threads {torch.get_num_threads()}, torch {torch.__version__}, float32, eps 0.1, medians of "
-             f"{args.repeats}; 'memory' is the 1 GiB rule alone, 'default' adds the cache-sized cap.", "",
+             f"float32, eps 0.1, medians of {repeats}; 'memory' is the 1 GiB rule alone, 'default' adds the "
+             "cache-sized cap.", "",
              "| case | batch | seconds per chunk size | memory chunk | default chunk | memory / default |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         per = ", ".join(f"{k}: {v:.3f}" for k, v in r["seconds"].items() if k != "default")
         lines.append(f"| {r['case']} | {r['batch']} | {per} | {r['memory_chunk']} | {r['default_chunk']} "
                      f"({r['seconds']['default']:.3f} s) | {r['memory_over_default']:.2f} |")
-    write_results(args.out, {"threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}, lines)
+    write_results(args, "chunk_size_network", {"rows": rows}, lines)
     return 0
 
 

@@ -8,10 +8,11 @@
 #   2. ptxas register / spill report of the kernels (nvcc -Xptxas -v on the torch-free .cu)
 #   3. the CUDA tests (tests/test_cuda_block.py, including the > 2^31-element case, then the CUDA
 #      cases of the rest of the suite)
-#   4. bench/bench_cuda.py at (256,784,1024,1024) and (256,3072,1024,1024) (with the kernel variants
-#      that are not the default yet), then the tile sweep of the Triton kernels (bench/triton_sweep.py)
-#      and their register / spill report with this machine's Triton (bench/triton_compile_report.py)
-#   5. compute-sanitizer memcheck, racecheck, synccheck and initcheck on bench/sanitize_case.py
+#   4. python -m bench.bench_cuda at (256,784,1024,1024) and (256,3072,1024,1024) (with the kernel variants
+#      that are not the default yet; writes bench/results/gpu_<device>.{json,md}), then the tile sweep of
+#      the Triton kernels (bench.triton_sweep: triton_sweep_<device>.{json,md}) and their register / spill
+#      report with this machine's Triton (bench.triton_compile_report)
+#   5. compute-sanitizer memcheck, racecheck, synccheck and initcheck on bench.sanitize_case
 # and prints a short table last. Logs and results go to bench/results/ (and to $OUT if set).
 set -u
 cd "$(dirname "$0")/.."
@@ -74,7 +75,7 @@ $PY -c "import etbkernels; assert etbkernels.has_cuda_kernels(), 'no CUDA kernel
   | tee -a "$LOGDIR/build.log"
 
 # 2. registers / spills per kernel (the .cu is torch-free: ~15 s)
-[ "${GPU_CHECK_SKIP_PTXAS:-0}" = 1 ] || step ptxas 40 $PY bench/ptxas_report.py --arch sm_90
+[ "${GPU_CHECK_SKIP_PTXAS:-0}" = 1 ] || step ptxas 40 $PY -m bench.ptxas_report --arch sm_90
 
 # 3. CUDA tests (the 2^31-element test too)
 # pytest-xdist where installed: a test that crashes its worker is reported and the rest still run.
@@ -83,33 +84,33 @@ $PY -c "import xdist" 2>/dev/null && XDIST="-n 3"
 step tests 150 env ETBK_TEST_HUGE=1 $PY -m pytest -q $XDIST --maxfail=25 --durations=5 -p no:cacheprovider \
   tests/test_cuda_block.py tests/test_triton_radius.py
 # 4. benchmarks (before the slower, optional steps so the table is never skipped for time)
-step bench 100 $PY bench/bench_cuda.py --reps 6
+step bench 100 $PY -m bench.bench_cuda --reps 6
 # 4b. tile sweep of the Triton tensor-core kernels (the defaults of triton_radius.default_tile)
-step triton_sweep 120 $PY bench/triton_sweep.py
+step triton_sweep 120 $PY -m bench.triton_sweep
 # 4c. registers / spills of every Triton kernel variant with this machine's Triton (CI reports its own)
-step triton_regs 60 $PY bench/triton_compile_report.py --cols 3072
+step triton_regs 60 $PY -m bench.triton_compile_report --cols 3072
 
 
 # 5. sanitizers on a small case (no caching allocator: every allocation is its own cudaMalloc)
 export PYTORCH_NO_CUDA_MEMORY_CACHING=1
-step memcheck 75 "$SAN" --tool memcheck --error-exitcode 3 --leak-check no $PY bench/sanitize_case.py
-step racecheck 60 "$SAN" --tool racecheck --racecheck-report hazard --error-exitcode 3 $PY bench/sanitize_case.py
+step memcheck 75 "$SAN" --tool memcheck --error-exitcode 3 --leak-check no $PY -m bench.sanitize_case
+step racecheck 60 "$SAN" --tool racecheck --racecheck-report hazard --error-exitcode 3 $PY -m bench.sanitize_case
 unset PYTORCH_NO_CUDA_MEMORY_CACHING
 # the rest of the suite parametrizes over etbkernels.testing.devices(): its CUDA cases
 step tests_rest 90 $PY -m pytest -q --maxfail=25 -p no:cacheprovider tests -k "cuda and not test_cuda_block"
 export PYTORCH_NO_CUDA_MEMORY_CACHING=1
-step synccheck 45 "$SAN" --tool synccheck --error-exitcode 3 $PY bench/sanitize_case.py
+step synccheck 45 "$SAN" --tool synccheck --error-exitcode 3 $PY -m bench.sanitize_case
 unset PYTORCH_NO_CUDA_MEMORY_CACHING
 
 # 6. (optional, last) Nsight Compute on one TF32 forward: throughput, occupancy, bank conflicts
 NCU=$(command -v ncu || echo "$CUDA_HOME/bin/ncu")
 step ncu 45 "$NCU" --kernel-name "regex:radius_fwd_mma|_abs_product_kernel" --launch-skip 1 --launch-count 1 \
   --section SpeedOfLight --section Occupancy --section WarpStateStats --section InstructionStats \
-  $PY bench/ncu_case.py --shape 256,784,1024,1024 --precision high
+  $PY -m bench.ncu_case --shape 256,784,1024,1024 --precision high
 
 # 7. (optional, last: may flag cuBLAS internals) initcheck
 export PYTORCH_NO_CUDA_MEMORY_CACHING=1
-step initcheck 40 "$SAN" --tool initcheck --error-exitcode 3 $PY bench/sanitize_case.py
+step initcheck 40 "$SAN" --tool initcheck --error-exitcode 3 $PY -m bench.sanitize_case
 unset PYTORCH_NO_CUDA_MEMORY_CACHING
 
 TOTAL=$(( $(date +%s) - T0 ))

@@ -1,6 +1,6 @@
 """One fused ETB forward on the GPU, for a profiler: run under Nsight Compute by bench/gpu_check.sh.
 
-Usage: python bench/ncu_case.py [--shape N,n,h,m] [--precision high|medium|highest]
+Usage: python -m bench.ncu_case [--shape N,n,h,m] [--precision high|medium|highest]
 Runs one warm-up and one profiled call of torch.ops.etbkernels.etb_block with an all-ones mask
 (every hidden unit active, so the kernel does 2 N m n h flops).
 """

@@ -10,89 +10,76 @@ For the small and medium CNN (random weights, batch 256, float32, eps 0.1, no gr
   centre, set-up). The rest bounds how much faster than the per-logit algorithm ETB could be
   even with a free pull-back: per-logit time / rest.
 
+The stages are the functions etbkernels._internal.profile_stages() names; their time is read
+from Python's profiler (cumulative time per code object), so no library function is wrapped or
+replaced. The profiler costs little here (about a thousand Python calls per bound).
 Medians over --repeats calls after a warm-up. Writes bench/results/profile_network.{json,md}.
 
-    python bench/profile_network.py
+    python -m bench run profile_network          # python -m bench.profile_network
 """
 from __future__ import annotations
 
-import functools
+import cProfile
+import inspect
 import json
-import os
-import statistics
+import pstats
 import sys
 import time
+from typing import Callable, Dict
 
 import torch
 
 import etbkernels
-from etbkernels.network import etb, models, patches
+from etbkernels._internal import profile_stages
+from etbkernels.network import models
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from .harness import median_split, parse_bench_args, write_results
+from .harness.network_args import network_parser, network_settings
+from .per_logit import per_logit_autograd  # the baseline the docs compare with
+
 PATCH_STAGES = ("apply", "radius", "mask", "to_directions", "flatten_linear_directions")
 
 
-def _timed(module, name: str, acc: dict):
-    """Replaces ``module.name`` by a wrapper that adds its wall time to ``acc[name]``."""
-    fn = getattr(module, name)
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        t = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            acc[name] = acc.get(name, 0.0) + time.perf_counter() - t
-
-    setattr(module, name, wrapper)
-    return fn
-
-
-def _median_split(call, acc: dict, repeats: int) -> dict:
-    call()  # warm-up
-    rows = []
-    for _ in range(repeats):
-        acc.clear()
-        t = time.perf_counter()
-        call()
-        rows.append(dict(acc, total=time.perf_counter() - t))
-    keys = sorted({k for r in rows for k in r})
-    return {k: statistics.median(r.get(k, 0.0) for r in rows) for k in keys}
-
-
-def main(argv=None) -> int:
-    sys.path.insert(0, HERE)
-    from _timing import network_bench_args
-    from bench_network import per_logit_autograd  # the baseline the docs compare with
-
-    args = network_bench_args(__doc__, "profile_network", 5, argv)
-
-    acc: dict = {}
-    originals = [(patches, n, _timed(patches, n, acc)) for n in PATCH_STAGES]
-    originals.append((etb, "_pull_back", _timed(etb, "_pull_back", acc)))
-    results = []
+def stage_seconds(call: Callable[[], object], stages: Dict[str, Callable]) -> Dict[str, float]:
+    """One profiled call: ``{"total": wall seconds, stage: cumulative seconds inside it}`` for the
+    stages that ran (a stage called inside another counts in both)."""
+    code = {}
+    for name, fn in stages.items():
+        c = inspect.unwrap(fn).__code__
+        code[(c.co_filename, c.co_firstlineno, c.co_name)] = name
+    prof = cProfile.Profile(builtins=False)
+    t0 = time.perf_counter()
+    prof.enable()
     try:
-        torch.manual_seed(0)
-        for name in args.models:
-            net = getattr(models, f"{name}_cnn")().eval()
-            x = torch.rand(args.batch, 1, 28, 28)
-            with torch.no_grad():
-                etb_split = _median_split(lambda: etbkernels.bounds(net, x, 0.1, mask="etb"), acc, args.repeats)
-                ibp_split = _median_split(lambda: etbkernels.bounds(net, x, 0.1, mask="ibp"), acc, args.repeats)
-                per_logit = _median_split(lambda: per_logit_autograd(net, x, 0.1), {}, args.repeats)["total"]
-            rest = ibp_split["total"] - ibp_split.get("_pull_back", 0.0)
-            results.append({"model": name, "batch": args.batch, "mask_etb": etb_split,
-                            "mask_ibp_total": ibp_split["total"], "mask_ibp_pull_back": ibp_split.get("_pull_back", 0.0),
-                            "mask_ibp_rest": rest, "per_logit": per_logit,
-                            "per_logit_over_rest": per_logit / rest})
-            print(json.dumps(results[-1]))
+        call()
     finally:
-        for module, n, fn in originals:
-            setattr(module, n, fn)
+        prof.disable()
+    total = time.perf_counter() - t0
+    stats = pstats.Stats(prof).stats  # {(file, line, function): (calls, primitive calls, own s, cumulative s, callers)}
+    return {"total": total, **{code[k]: v[3] for k, v in stats.items() if k in code}}
 
+
+def profile_model(name: str, batch: int, repeats: int) -> dict:
+    """The stage medians of mask="etb" and mask="ibp", and the per-logit baseline, for one model."""
+    net = getattr(models, f"{name}_cnn")().eval()
+    x = torch.rand(batch, 1, 28, 28)
+    stages = profile_stages()
+    with torch.no_grad():
+        etb_split = median_split(lambda: stage_seconds(lambda: etbkernels.bounds(net, x, 0.1, mask="etb"), stages),
+                                 repeats)
+        ibp_split = median_split(lambda: stage_seconds(lambda: etbkernels.bounds(net, x, 0.1, mask="ibp"), stages),
+                                 repeats)
+        per_logit = median_split(lambda: stage_seconds(lambda: per_logit_autograd(net, x, 0.1), {}), repeats)["total"]
+    pull_back = ibp_split.get("_pull_back", 0.0)
+    rest = ibp_split["total"] - pull_back
+    return {"model": name, "batch": batch, "mask_etb": {k: v for k, v in etb_split.items() if k != "_pull_back"},
+            "mask_ibp_total": ibp_split["total"], "mask_ibp_pull_back": pull_back, "mask_ibp_rest": rest,
+            "per_logit": per_logit, "per_logit_over_rest": per_logit / rest}
+
+
+def markdown(results, repeats: int) -> list:
     lines = ["# Where network logit-bound time goes (CPU, generated by bench/profile_network.py)", "",
-             f"threads {torch.get_num_threads()}, torch {torch.__version__}, float32, eps 0.1, medians of "
-             f"{args.repeats}", "", "mask=\"etb\", seconds per stage:", "",
+             f"float32, eps 0.1, random weights, medians of {repeats}", "", "mask=\"etb\", seconds per stage:", "",
              "| model | total | " + " | ".join(PATCH_STAGES) + " | rest |", "|---" * (len(PATCH_STAGES) + 3) + "|"]
     for r in results:
         s = r["mask_etb"]
@@ -105,9 +92,18 @@ def main(argv=None) -> int:
     for r in results:
         lines.append(f"| {r['model']} | {r['mask_ibp_total']:.3f} | {r['mask_ibp_pull_back']:.3f} | "
                      f"{r['mask_ibp_rest']:.3f} | {r['per_logit']:.3f} | {r['per_logit_over_rest']:.2f} |")
-    from _timing import write_results
+    return lines
 
-    write_results(args.out, results, lines)
+
+def main(argv=None) -> int:
+    args = parse_bench_args(network_parser(__doc__, "bench.profile_network", repeats=5), argv)
+    names, batch, repeats = network_settings(args)
+    torch.manual_seed(0)
+    results = []
+    for name in names:
+        results.append(profile_model(name, batch, repeats))
+        print(json.dumps(results[-1]), flush=True)
+    write_results(args, "profile_network", {"rows": results}, markdown(results, repeats))
     return 0
 
 

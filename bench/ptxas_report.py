@@ -1,6 +1,6 @@
 """Register / spill / shared-memory report of the CUDA kernels (nvcc -Xptxas -v on the torch-free .cu).
 
-Usage: python bench/ptxas_report.py [--arch sm_90]. Prints one line per kernel; exit 1 if nvcc fails.
+Usage: python -m bench.ptxas_report [--arch sm_90]. Prints one line per kernel; exit 1 if nvcc fails.
 """
 import argparse
 import os

@@ -8,7 +8,8 @@ Hopper's wgmma (not the older mma.sync) and that copies are pipelined (cp.async)
 registers / spills / shared memory per variant. Exit 1 if a variant fails to compile or to use
 wgmma on sm_90 (the exact-fp32 variant: if it uses any tensor-core instruction). CI runs it in the CUDA venv (scripts/ci_cuda_build.sh).
 
-Usage: python bench/triton_compile_report.py [--arch 90] [--rows 1024 --cols 784]
+Usage: python -m bench.triton_compile_report [--arch 90] [--rows 1024 --cols 784], or by its path (as
+scripts/ci_cuda_build.sh runs it from outside the repository: it imports nothing of bench/ or etbkernels)
 """
 from __future__ import annotations
 

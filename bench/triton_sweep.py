@@ -6,11 +6,14 @@ backward's T / dr step: A = W1^T, Bt = W2; in TF32 also storing T in both layout
 the exact-fp32 forward (``exact=True``, against an fp32 bmm), and ``tc_weight_grad`` (dW1, dW2^T;
 legacy and wave-sized splits), with an all-ones mask (2 N m n h flops), next to a same-flops
 torch.bmm measured in the same run. The defaults of
-``triton_radius.default_tile`` come from this table. Writes bench/results/triton_sweep_<stamp>.{json,md}.
+``triton_radius.default_tile`` come from this table. Writes bench/results/triton_sweep_<device>.{json,md}
+(e.g. triton_sweep_h100).
+
+    python -m bench run triton_sweep             # python -m bench.triton_sweep (bench/gpu_check.sh runs it)
+    python -m bench run triton_sweep --quick     # one small shape, the default tiles only
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -18,10 +21,10 @@ import sys
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+from etbkernels._internal import triton_launch
 
-from bench.bench_cuda import timed, write_results  # noqa: E402
+from .bench_cuda import device_tag, timed
+from .harness import bench_parser, parse_bench_args, write_results
 
 TILES_TF32 = ["128,256,32,8,3", "128,128,32,8,3", "64,256,32,8,3"]
 TILES_BF16 = ["128,256,64,8,3"]
@@ -75,7 +78,7 @@ def sweep_shape(tr, N, n, h, m, reps, tiles_tf32, tiles_bf16, tiles_wgrad, grad,
             label = {"tf32": "", "ieee": " exact", "tf32x3": " tf32x3"}[precision]
             row = {"shape": [N, n, h, m], "dtype": str(dtype).replace("torch.", "") + label, "tile": tile, "bmm_ms": base}
             try:
-                fwd = lambda: tr._launch(a, bt, s, r, None, precision=precision)[0]  # noqa: E731
+                fwd = lambda: triton_launch(a, bt, s, r, None, precision=precision)[0]  # noqa: E731
                 row["fwd_ms"] = timer(fwd, reps)
                 row["fwd_ratio_vs_bmm"] = base / row["fwd_ms"]
                 row["fwd_tflops"] = flops / row["fwd_ms"] / 1e9
@@ -139,18 +142,23 @@ def markdown(meta: dict, rows: list) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--shapes", default="256,784,1024,1024;256,3072,1024,1024")
-    ap.add_argument("--reps", type=int, default=5)
+def main(argv=None) -> int:
+    ap = bench_parser(__doc__, "bench.triton_sweep")
+    ap.add_argument("--shapes", default=None, help="N,n,h,m;... (default 256,784,1024,1024;256,3072,1024,1024; "
+                                                   "--quick: 64,256,256,256)")
+    ap.add_argument("--reps", type=int, default=None, help="default 5 (--quick: 2)")
     ap.add_argument("--tf32", default=";".join(TILES_TF32))
     ap.add_argument("--bf16", default=";".join(TILES_BF16))
     ap.add_argument("--wgrad", default=";".join(TILES_WGRAD))
     ap.add_argument("--exact", default=";".join(TILES_EXACT))
     ap.add_argument("--tf32x3", default=";".join(TILES_TF32X3))
     ap.add_argument("--no-grad", action="store_true")
-    ap.add_argument("--out", default=os.path.join(HERE, "results"))
-    args = ap.parse_args()
+    args = parse_bench_args(ap, argv)
+    if args.quick:  # the first tile of each kind
+        for key in ("tf32", "bf16", "wgrad", "exact", "tf32x3"):
+            setattr(args, key, getattr(args, key).split(";")[0])
+    args.shapes = args.shapes or ("64,256,256,256" if args.quick else "256,784,1024,1024;256,3072,1024,1024")
+    args.reps = args.reps or (2 if args.quick else 5)
     if not torch.cuda.is_available():
         print("triton_sweep: needs a GPU", file=sys.stderr)
         return 2
@@ -168,7 +176,8 @@ def main():
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
             "triton": __import__("triton").__version__,
             "time": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    write_results(args.out, "triton_sweep", {"meta": meta, "rows": rows}, markdown(meta, rows))
+    write_results(args, f"triton_sweep_{device_tag(meta['device'])}", {"meta": meta, "rows": rows},
+                  markdown(meta, rows).splitlines())
     return 0
 
 
