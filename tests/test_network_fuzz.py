@@ -32,7 +32,7 @@ from torch import nn
 
 from etbkernels import Bounds
 from etbkernels.attacks import pgd_output_range
-from etbkernels.network import Normalize, api, bounds, crown_full, crown_windows, etb, etb_tail, margin_spec
+from etbkernels.network import Normalize, bounds, chunking, crown_full, crown_windows, etb, etb_tail, margin_spec
 from etbkernels.testing import box_points
 from network_ref import (blockwise_jacobian_ref, crown_forward_ref, crown_full_ref, crown_ibp_ref, masked_forward,
                          modules, per_logit_autograd)
@@ -545,7 +545,7 @@ def test_internal_strategies_agree(seed, monkeypatch):
         "no windows": [(crown_windows, "ENABLED", False)],
         "no lazy tail": [(etb_tail, "ENABLED", False)],
         "no patches": [(etb, "_use_patches", lambda net: False)],
-        "one-sample default chunks": [(api, "CPU_CACHE_CHUNK_BYTES", 1), (api, "DEFAULT_CHUNK_BYTES", 1)],
+        "one-sample default chunks": [(chunking, "CPU_CACHE_CHUNK_BYTES", 1), (chunking, "DEFAULT_CHUNK_BYTES", 1)],
     }
     for name, changes in knobs.items():
         with monkeypatch.context() as mp:

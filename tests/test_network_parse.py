@@ -87,7 +87,7 @@ def test_single_channel_strided_conv_transposes_by_fold(conv, hw):
 
 
 @pytest.mark.parametrize("layer,match", [
-    (nn.MaxPool2d(2), "MaxPool2d"),
+    (nn.MaxPool2d(2, ceil_mode=True), "MaxPool2d"),
     (nn.Tanh(), "Tanh"),
     (nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"), "padding_mode"),
     (nn.AvgPool2d(2, ceil_mode=True), "ceil_mode"),
@@ -103,8 +103,8 @@ def test_unsupported_layer_named(layer, match):
 def test_bad_arguments():
     model = nn.Sequential(nn.Linear(3, 2))
     x = torch.rand(2, 3)
-    with pytest.raises(TypeError, match="nn.Sequential"):
-        bounds(nn.Linear(3, 2), x, 0.1)
+    with pytest.raises(TypeError, match="model must be an nn.Module, got function"):
+        bounds(lambda t: t, x, 0.1)
     with pytest.raises(ValueError, match="in_features"):
         bounds(model, torch.rand(2, 4), 0.1)
     with pytest.raises(ValueError, match="method"):

@@ -12,12 +12,13 @@ from .crown import crown_backward
 from .crown_forward import crown_forward, intersect
 from .crown_full import crown_layers, graph_numel_per_sample
 from .etb import etb_backward, etb_forward, first_stage_directions
-from . import chunking
+from . import chunking, dag_methods
 from .arguments import box, check_masks, check_options, check_params, check_spec, check_x
 from .chunking import backward_chunk, forward_chunk, needs_grad, split_spec
 from .ibp import ibp_stages
 from .layers import LinearOp
-from .parse import Network, parse_model
+from .build import build_graph
+from .parse import Network, lower_chain
 
 
 
@@ -114,8 +115,13 @@ def bounds(model: nn.Module, x: Tensor, eps: Union[float, Tensor], *, method: st
     mask, center_at = check_options(method, mask, center_at, chunk_size)
     x = check_x(x)
     mu, r = box(x, eps, clip)
-    net = parse_model(model, tuple(x.shape[1:]), x)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"bounds: model must be an nn.Module, got {type(model).__name__}")
     check_params(model, x)
+    graph = build_graph(model, x)
+    net = lower_chain(graph)
+    if net is None:
+        return _graph_bounds(graph, x, mu, r, method, mask, center_at, spec, return_layers, chunk_size)
     if net.relu_first:  # ReLU applied to the input box: exact
         up, lo = torch.relu(mu + r), torch.relu(mu - r)
         mu, r = (up + lo) / 2, (up - lo) / 2
@@ -137,6 +143,25 @@ def bounds(model: nn.Module, x: Tensor, eps: Union[float, Tensor], *, method: st
         out = Bounds(out.lower.reshape(shape), out.upper.reshape(shape))
     if net.relu_last:
         out = Bounds(torch.relu(out.lower), torch.relu(out.upper))
+    if return_layers:
+        return out, layers[:-1]
+    return out
+
+
+def _graph_bounds(graph, x, mu, r, method, mask, center_at, spec, return_layers, chunk_size):
+    """A model with branches, concatenations or max-pool: the graph walkers (:mod:`.dag_methods`)."""
+    spec = check_spec(spec, graph, x)
+    given = None
+    if method == "etb" and not isinstance(mask, str):
+        if not all(graph.nodes[i].op.takes_mask for i in graph.nonlinear()):
+            raise ValueError("bounds: a list of masks is for models whose only nonlinearity is ReLU; this one has "
+                             "max-pool (use mask='etb' or 'ibp')")
+        given = check_masks(mask, graph, mu)
+    layers = dag_methods.bounds(graph, mu, r, method, mask, center_at, spec, return_layers, chunk_size, given)
+    out = layers[-1]
+    if spec is None:
+        shape = (x.shape[0],) + tuple(graph.out_shape)
+        out = Bounds(out.lower.reshape(shape), out.upper.reshape(shape))
     if return_layers:
         return out, layers[:-1]
     return out

@@ -24,21 +24,8 @@ import torch
 from torch import Tensor
 
 from .etb import channels_last_like_rows, output_rows, pull_back_stage, row_group
+from .graph_ops import relu_relaxation
 from .parse import Network
-
-
-def relu_relaxation(lower: Tensor, upper: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """``(a_l, a_u, c_u)`` with ``a_l z <= relu(z) <= a_u z + c_u`` for every z in [lower, upper].
-
-    Differentiable in the bounds through ``a_u`` and ``c_u``; ``a_l`` is a 0/1 choice (no gradient).
-    """
-    active = (lower >= 0).to(lower.dtype)
-    unstable = (lower < 0) & (upper > 0)
-    width = torch.where(unstable, upper - lower, torch.ones_like(upper))  # > 0 where used
-    a_u = torch.where(unstable, upper / width, active)
-    c_u = torch.where(unstable, -upper * lower / width, torch.zeros_like(upper))
-    a_l = torch.where(unstable, (upper >= -lower).to(lower.dtype), active).detach()
-    return a_l, a_u, c_u
 
 
 def signed_unit_rows(start: int, rows: int, size: int, dtype, device) -> Tensor:

@@ -29,24 +29,10 @@ import torch
 from torch import Tensor
 
 from . import patches
-from .crown import relu_relaxation
+from .graph_ops import relu_relaxation
 from .etb import _abs_sum_directions, _apply_directions, forward_step, spec_directions, spec_values
 from .ibp import ibp_stage, relu_interval
-from .layers import AvgPoolOp, ChannelAffineOp, ConvOp, FlattenOp, LinearOp
 from .parse import Network
-
-
-def abs_op(op):
-    """The op with ``|W|`` in place of its linear part (AvgPool and Flatten are already >= 0)."""
-    if isinstance(op, LinearOp):
-        return LinearOp(op.weight.abs(), None, op.in_shape)
-    if isinstance(op, ConvOp):
-        return ConvOp(op.weight.abs(), None, op.stride, op.padding, op.dilation, op.groups, op.in_shape)
-    if isinstance(op, ChannelAffineOp):
-        return ChannelAffineOp(op.scale.abs(), None, op.in_shape)
-    if isinstance(op, (AvgPoolOp, FlattenOp)):
-        return op
-    raise TypeError(f"abs_op: unknown op {type(op).__name__}")
 
 
 class _Directions:
@@ -93,11 +79,11 @@ class _Directions:
         if self.in_patches:
             self.M = patches.apply(self.M, op)
             if self.Delta is not None:
-                self.Delta = patches.apply(self.Delta, abs_op(op))
+                self.Delta = patches.apply(self.Delta, op.abs_op())
         else:
             self.M = _apply_directions(op, self.M, "linear")
             if self.Delta is not None:
-                self.Delta = _apply_directions(abs_op(op), self.Delta, "linear")
+                self.Delta = _apply_directions(op.abs_op(), self.Delta, "linear")
 
     def flatten_linear(self, weight: Tensor, r: Tensor) -> None:
         self.M = patches.flatten_linear_directions(self.M, weight, r)

@@ -36,7 +36,7 @@ from .crown import crown_backward, relaxation_terms, signed_unit_rows, stage_off
 from .crown_forward import intersect
 from .etb import BACKWARD_IMAGES
 from .ibp import ibp_stage, relu_interval
-from .layers import ChannelAffineOp, ConvOp, FlattenOp
+from .layers import ChannelAffineOp, ConvOp, ReshapeOp
 from .parse import Network
 
 #: Numbers in one row group's largest tensor on a dense network (rows x samples x widest layer).
@@ -126,7 +126,7 @@ def crown_layers(net: Network, mu: Tensor, r: Tensor, spec: Optional[Tensor] = N
 def ibp_is_exact(stage) -> bool:
     """Whether IBP through the stage is its exact range over a box: at most one of its ops mixes
     neurons (per-channel affine maps and Flatten only scale or reorder them: ``|W D| = |W| |D|``)."""
-    return sum(not isinstance(op, (ChannelAffineOp, FlattenOp)) for op in stage) <= 1
+    return sum(not isinstance(op, (ChannelAffineOp, ReshapeOp)) for op in stage) <= 1
 
 
 def graph_numel_per_sample(net: Network) -> int:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from . import patches
 from .etb_tail import lazy_tail, radius_of_rows, tail_start
-from .layers import AvgPoolOp, ConvOp, FlattenOp, LinearOp
+from .layers import AvgPoolOp, ConvOp, FlattenOp, LinearOp, ReshapeOp
 from .parse import Network
 
 CR = Tuple[Tensor, Tensor]  # (center, radius)
@@ -323,7 +323,7 @@ def pull_back_stage(stage, lam: Tensor) -> Tuple[Tensor, bool]:
                 lam4 = lam4.contiguous(memory_format=torch.channels_last)
             lam = op.transpose(lam4)
             lam = lam.reshape((N, K) + tuple(op.in_shape))
-        owned = owned or not isinstance(op, FlattenOp)
+        owned = owned or not isinstance(op, ReshapeOp)
     return lam, owned
 
 

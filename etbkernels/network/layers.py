@@ -31,10 +31,29 @@ def numel(shape: Shape) -> int:
 
 
 class AffineOp:
-    """Base class: an affine map from per-sample ``in_shape`` to ``out_shape``."""
+    """Base class: an affine map from per-sample ``in_shape`` to ``out_shape``.
+
+    In a traced graph (:mod:`.graph`) every op also answers ``in_shapes`` (one per input; several
+    for :class:`~.graph_ops.AddOp` and :class:`~.graph_ops.CatOp`) and ``transpose_inputs``; the
+    graph walkers call only these methods, never an op's type.
+    """
 
     in_shape: Shape
     out_shape: Shape
+    affine = True
+
+    @property
+    def in_shapes(self):
+        """Per-sample shape of each input."""
+        return [self.in_shape]
+
+    def transpose_inputs(self, y: Tensor):
+        """``W_i^T y`` for each input i (one here)."""
+        return [self.transpose(y)]
+
+    def abs_op(self) -> "AffineOp":
+        """The op with ``|W|`` as its linear part and no bias (maps whose weights are >= 0 return themselves)."""
+        return self
 
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - interface
         """The affine map with its bias, on (B, *in_shape): e.g. a centre."""
@@ -72,6 +91,9 @@ class LinearOp(AffineOp):
     def transpose(self, y):
         return y @ self.weight
 
+    def abs_op(self):
+        return LinearOp(self.weight.abs(), None, self.in_shape)
+
 
 class ConvOp(AffineOp):
     """``conv2d(x, W, b)`` with stride, padding, dilation and groups (zero padding only)."""
@@ -101,6 +123,9 @@ class ConvOp(AffineOp):
 
     def _conv(self, x, w, b=None):
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+
+    def abs_op(self):
+        return ConvOp(self.weight.abs(), None, self.stride, self.padding, self.dilation, self.groups, self.in_shape)
 
     def forward(self, x):
         return self._conv(x, self.weight, self.bias)
@@ -142,6 +167,9 @@ class ChannelAffineOp(AffineOp):
     def transpose(self, y):
         return y * self.scale
 
+    def abs_op(self):
+        return ChannelAffineOp(self.scale.abs(), None, self.in_shape)
+
 
 class AvgPoolOp(AffineOp):
     """``avg_pool2d`` (count_include_pad=True, floor mode): a linear map with weights >= 0."""
@@ -165,21 +193,26 @@ class AvgPoolOp(AffineOp):
         return self._conv.transpose(y)
 
 
-class FlattenOp(AffineOp):
-    """``x.flatten(1)``: a reshape."""
+class ReshapeOp(AffineOp):
+    """A per-sample reshape (``x.view(N, ...)``, ``x.reshape``): a permutation-free linear map."""
 
-    def __init__(self, in_shape: Shape):
-        self.in_shape = in_shape
-        n = 1
-        for s in in_shape:
-            n *= s
-        self.out_shape = (n,)
+    def __init__(self, in_shape: Shape, out_shape: Shape):
+        if numel(in_shape) != numel(out_shape):
+            raise ValueError(f"reshape of per-sample shape {tuple(in_shape)} to {tuple(out_shape)}: sizes differ")
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
 
     def forward(self, x):
-        return x.reshape(x.shape[0], self.out_shape[0])  # not -1: that fails for an empty batch
+        return x.reshape((x.shape[0],) + self.out_shape)  # not -1: that fails for an empty batch
 
     linear = forward
     abs_linear = forward
 
     def transpose(self, y):
         return y.reshape((y.shape[0],) + tuple(self.in_shape))
+
+
+class FlattenOp(ReshapeOp):
+    """``x.flatten(1)``: the reshape to one dimension (the forward paths treat Flatten + Linear as one step)."""
+
+    def __init__(self, in_shape: Shape):
+        super().__init__(in_shape, (numel(in_shape),))

@@ -16,7 +16,7 @@ DATASETS = {
     "fashion-mnist": (1, 28, 10, (0.2860,), (0.3530,)),
     "cifar10": (3, 32, 10, D.CIFAR10_MEAN, D.CIFAR10_STD),
 }
-MODELS = ("mlp", "small", "medium", "large")
+MODELS = ("mlp", "small", "medium", "large", "resnet", "cnn-maxpool")
 
 
 def load_dataset(name: str, split: str, data_dir: Optional[str] = None, limit: Optional[int] = None
@@ -60,6 +60,10 @@ def build_model(name: str, dataset: str, *, normalize: bool = True, mlp_widths: 
         net = M.small_cnn(ch, size, classes)
     elif name == "medium":
         net = M.medium_cnn(ch, size, classes)
+    elif name == "resnet":  # graph models: bounded through the traced graph (docs/networks.md)
+        net = M.resnet(ch, size, classes)
+    elif name == "cnn-maxpool":
+        net = M.cnn_maxpool(ch, size, classes)
     else:
         net = M.large_cnn(ch, size, classes, fc=fc)
     if not normalize:

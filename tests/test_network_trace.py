@@ -1,0 +1,131 @@
+"""The tracer (etbkernels/network/trace.py, build.py): what it refuses, naming the node and its source
+line, and when its cache is reused or renewed."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import etbkernels
+from etbkernels.network import trace as tr
+
+
+class ControlFlow(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        if x.sum() > 0:  # depends on the input's values
+            return self.fc(x)
+        return -self.fc(x)
+
+
+class InPlaceOnInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x.relu_()
+        return self.fc(x)
+
+
+class InPlaceShared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.fc(x)
+        z = F.relu(y, inplace=True)  # y is read again below: it was changed under it
+        return y + z
+
+
+class Tanh(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return torch.tanh(self.fc(x))
+
+
+class Product(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.a(x) * self.b(x)
+
+
+class BatchMix(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x).view(-1)  # merges the samples
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x), x
+
+
+@pytest.mark.parametrize("model, says", [
+    (ControlFlow(), ["cannot be traced", "control flow", "test_network_trace.py:"]),
+    (InPlaceOnInput(), ["node 'relu_'", "in place", "the model input", "test_network_trace.py:"]),
+    (InPlaceShared(), ["node 'relu'", "in place", "used elsewhere", "test_network_trace.py:"]),
+    (Tanh(), ["node 'tanh'", "has no bound operator", "test_network_trace.py:"]),
+    (Product(), ["node 'mul'", "product of two tensors", "test_network_trace.py:"]),
+    (BatchMix(), ["node 'view'", "batch", "test_network_trace.py:"]),
+    (TwoOutputs(), ["returns tuple"]),
+    (nn.Sequential(nn.Linear(4, 3), nn.Tanh()), ["model[1] = Tanh", "supported"]),
+], ids=["control_flow", "inplace_input", "inplace_shared", "tanh", "product", "batch_mix", "two_outputs",
+        "tanh_module"])
+@pytest.mark.parametrize("method", ["ibp", "etb", "crown"])
+def test_refused_with_node_and_line(model, says, method):
+    with pytest.raises(ValueError) as e:
+        etbkernels.bounds(model.eval(), torch.rand(2, 4), 0.1, method=method)
+    for s in says:
+        assert s in str(e.value), f"{s!r} not in {e.value}"
+
+
+def test_cache_reused_until_the_model_changes():
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
+    x = torch.rand(2, 4)
+    first = tr.cached_trace(model, x)
+    assert tr.cached_trace(model, x) is first  # same structure, mode, parameters and input shape
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # an in-place update (a training step): the trace stays, the ops read it
+    assert tr.cached_trace(model, x) is first
+    b = etbkernels.bounds(model, x, 0.1, method="ibp")
+    want = etbkernels.bounds(nn.Sequential(*[m for m in model]).eval(), x, 0.1, method="ibp")
+    torch.testing.assert_close(b.lower, want.lower)
+    renewers = [
+        lambda: model.train(),                                             # train/eval mode
+        lambda: setattr(model[0], "weight", nn.Parameter(torch.randn(5, 4))),  # a parameter replaced
+        lambda: model.append(nn.ReLU()),                                   # structure
+    ]
+    seen = first
+    for change in renewers:
+        change()
+        now = tr.cached_trace(model, x)
+        assert now is not seen
+        seen = now
+    model.double()
+    assert tr.cached_trace(model, x.double()) is not seen  # the input's dtype
+
+
+def test_traced_graph_reads_current_weights_with_gradients():
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
+    x = torch.rand(2, 4)
+    etbkernels.bounds(model, x, 0.1)  # traced and cached
+    b = etbkernels.bounds(model, x, 0.1, method="crown-ibp")
+    (b.upper - b.lower).sum().backward()
+    assert model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0
