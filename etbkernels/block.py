@@ -4,16 +4,19 @@ These wrappers turn user-friendly input (1-D vectors, a scalar or per-feature ra
 bfloat16, bool masks) into the strict form the compiled ops take, and wrap the result in
 :class:`Bounds`. Shape, dtype and device checks with actionable messages live in C++
 (csrc/checks.h), so direct calls of ``torch.ops.etbkernels.*`` are just as safe.
+
+Expanded tensor arguments (``t.expand(...)``: elements that overlap in memory) are copied in full
+by the kernels; one whose copy would exceed ``etbkernels._checks.MAX_EXPANDED_BYTES`` (1 GiB) is
+refused up front with ValueError naming it and the bytes needed.
 """
 from __future__ import annotations
 
-import numbers
 from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
-from ._checks import require_dense
+from ._checks import is_real_number, require_dense, require_not_huge_expanded
 from ._ops import ops
 from .bounds_type import Bounds
 
@@ -30,23 +33,26 @@ def _prepare(op: str, center, radius, named: dict):
     if not center.is_floating_point():
         raise TypeError(f"{op}: center must be a floating-point tensor (float32/float64/float16/bfloat16), "
                         f"got {center.dtype}")
+    require_dense(op, "center", center)
+    require_not_huge_expanded(op, "center", center)
     for name, t in named.items():
         if t is None:
             continue
         if not isinstance(t, Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor or None, got {type(t).__name__}")
         require_dense(op, name, t)
+        require_not_huge_expanded(op, name, t)
         if t.device != center.device:
             raise ValueError(f"{op}: all tensors must be on the same device; center is on {center.device} but "
                              f"{name} is on {t.device}")
         if t.dtype != center.dtype:
             raise TypeError(f"{op}: all tensors must have the same dtype; center is {center.dtype} but {name} "
                             f"is {t.dtype} (convert with .to({center.dtype}))")
-    require_dense(op, "center", center)
     if center.dim() not in (1, 2):
         raise ValueError(f"{op}: center must be (n,) or (N, n), got shape {tuple(center.shape)}")
     if isinstance(radius, Tensor):
         require_dense(op, "radius", radius)
+        require_not_huge_expanded(op, "radius", radius)
         if radius.device != center.device:
             raise ValueError(f"{op}: all tensors must be on the same device; center is on {center.device} but "
                              f"radius is on {radius.device}")
@@ -55,7 +61,7 @@ def _prepare(op: str, center, radius, named: dict):
                 raise TypeError(f"{op}: radius must be floating point, got {radius.dtype}")
             raise TypeError(f"{op}: all tensors must have the same dtype; center is {center.dtype} but radius "
                             f"is {radius.dtype}")
-    elif isinstance(radius, numbers.Real) and not isinstance(radius, bool):  # numpy scalars too
+    elif is_real_number(radius):  # numpy scalars too
         # in the compute dtype: float16/bfloat16 run in float32, so a small eps must not round first
         radius = torch.tensor(float(radius), dtype=torch.float32 if center.dtype in _LOW_PRECISION else center.dtype,
                               device=center.device)
@@ -126,6 +132,7 @@ def etb_block(center: Tensor, radius: Union[Tensor, float], w1: Tensor, b1: Opti
         if not isinstance(mask, Tensor):
             raise TypeError(f"etb_block: mask must be a torch.Tensor or None, got {type(mask).__name__}")
         require_dense("etb_block", "mask", mask)
+        require_not_huge_expanded("etb_block", "mask", mask)
         if mask.device != c.device:
             raise ValueError(f"etb_block: mask must be on {c.device} like center, got {mask.device}")
         if squeeze and mask.dim() == 1:

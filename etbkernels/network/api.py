@@ -29,17 +29,23 @@ def margin_spec(labels: Tensor, num_classes: int, dtype=torch.float32) -> Tensor
     the bound on ``z_y - z_j`` is positive. Folding the spec into the last layer is never looser than
     subtracting output bounds for IBP and ETB, and usually tighter for the CROWN methods (which
     relax each row on its own, so not always). ``dtype`` is the spec's (use the model's, e.g. torch.float64);
-    ``bounds`` converts a spec to ``x``'s dtype anyway.
+    ``bounds`` converts a spec to ``x``'s dtype anyway. ``labels``: a 1-D integer tensor of any width
+    (int8 ... int64, uint8); ``num_classes``: an int (numpy integers too).
     """
     if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() \
             or labels.dtype == torch.bool:
         raise ValueError(f"margin_spec: labels must be a 1-D integer tensor, got "
                          f"{getattr(labels, 'dtype', type(labels).__name__)} of shape "
                          f"{tuple(getattr(labels, 'shape', ()))}")
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool):
+    from .._checks import is_integer
+
+    if not is_integer(num_classes):  # np.int64 too
         raise TypeError(f"margin_spec: num_classes must be an int, got {type(num_classes).__name__}")
+    num_classes = int(num_classes)
     if num_classes < 2:
         raise ValueError(f"margin_spec: num_classes must be >= 2, got {num_classes}")
+    # any integer width: int8/int16 cannot index, and uint8 would index as a boolean mask
+    labels = labels.long()
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(f"margin_spec: labels must lie in [0, {num_classes}), got min {int(labels.min())}, "
                          f"max {int(labels.max())}")
@@ -53,8 +59,8 @@ def margin_spec(labels: Tensor, num_classes: int, dtype=torch.float32) -> Tensor
 def bounds(model: nn.Module, x: Tensor, eps: Union[float, Tensor], *, method: str = "etb",
            mask: Union[str, Sequence[Tensor], None] = None, center_at: Optional[str] = None,
            spec: Optional[Tensor] = None, clip: Optional[Tuple[Union[float, Tensor], Union[float, Tensor]]] = None,
-           return_layers: bool = False, chunk_size: Optional[int] = None
-           ) -> Union[Bounds, Tuple[Bounds, List[Bounds]]]:
+           return_layers: bool = False, chunk_size: Optional[int] = None,
+           options: Optional[BoundsOptions] = None) -> Union[Bounds, Tuple[Bounds, List[Bounds]]]:
     """Bounds of ``model(x')`` (or of ``spec @ model(x')``) for every x' in the L-inf box ``x +- eps``.
 
     Sound methods: ``method="ibp"`` (interval bound propagation); ``"crown-ibp"`` (a backward

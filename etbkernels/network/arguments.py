@@ -1,12 +1,13 @@
 """Argument checks of ``etbkernels.bounds``: each refuses bad input with a message naming the argument."""
 from __future__ import annotations
 
+import math
 from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
 
-from .._checks import require_dense
+from .._checks import is_integer, is_real_number, require_dense, require_not_huge_expanded
 from .layers import numel
 from .parse import Network
 
@@ -27,30 +28,65 @@ def check_options(method, mask, center_at, chunk_size):
         raise ValueError(f"bounds: center_at must be one of {CENTER_AT}, got {center_at!r}")
     if isinstance(mask, str) and mask not in MASKS:
         raise ValueError(f"bounds: mask must be one of {MASKS} or a list of tensors, got {mask!r}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
+    if chunk_size is not None and (not is_integer(chunk_size) or chunk_size < 1):  # np.int64 too
         raise ValueError(f"bounds: chunk_size must be None or an int >= 1, got {chunk_size!r}")
     return mask, center_at
 
 
 def check_x(x) -> Tensor:
+    """``x`` if it is a dense, batched float32/float64 tensor that is not a huge expanded one."""
     if not isinstance(x, Tensor):
         raise TypeError(f"bounds: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"bounds: x must be float32 or float64, got {x.dtype}")
     require_dense("bounds", "x", x)
+    require_not_huge_expanded("bounds", "x", x)
     if x.dim() < 2:
         raise ValueError(f"bounds: x must be batched, (N, *input shape), got shape {tuple(x.shape)}; "
                          "use x.unsqueeze(0) for one sample")
     return x
 
 
+def _clip_end(x: Tensor, v, i: int) -> Tensor:
+    """clip[i] as a tensor of x's dtype broadcast to x's shape; refused by name if it is not a
+    number or a real tensor broadcastable to x, or holds NaN."""
+    name = f"clip[{i}] ({('low', 'high')[i]})"
+    if isinstance(v, Tensor):
+        require_dense("bounds", name, v)
+        require_not_huge_expanded("bounds", name, v)
+        if v.is_complex() or v.dtype == torch.bool:
+            raise TypeError(f"bounds: {name} must be a real tensor or a number, got {v.dtype}")
+        if v.device != x.device:
+            raise ValueError(f"bounds: {name} is on {v.device} but x is on {x.device}")
+        try:
+            v = torch.broadcast_to(v.to(x.dtype), x.shape)
+        except RuntimeError:
+            raise ValueError(f"bounds: {name} of shape {tuple(v.shape)} does not broadcast to x of shape "
+                             f"{tuple(x.shape)}") from None
+        if bool(v.detach().isnan().any()):
+            raise ValueError(f"bounds: {name} holds NaN")
+        return v
+    if is_real_number(v):  # numpy scalars too
+        if math.isnan(v):
+            raise ValueError(f"bounds: {name} is NaN")
+        return torch.tensor(float(v), dtype=x.dtype, device=x.device).expand(x.shape)
+    raise TypeError(f"bounds: {name} must be a number or a tensor, got {type(v).__name__}"
+                    + (" (use -math.inf or math.inf for no bound)" if v is None else ""))
+
+
+def _at(t: Tensor, idx) -> str:
+    return f"{t[idx].item():g}"
+
+
 def box(x: Tensor, eps, clip):
-    if isinstance(eps, (int, float)) and not isinstance(eps, bool):
+    """(centre, radius) of the box ``x +- eps`` intersected with ``clip``; eps and clip refused by name."""
+    if is_real_number(eps):  # numpy scalars too (np.float32 is no float subclass)
         if not eps >= 0:
             raise ValueError(f"bounds: eps must be >= 0, got {eps}")
         eps_t = torch.full_like(x, float(eps))
     elif isinstance(eps, Tensor):
         require_dense("bounds", "eps", eps)
+        require_not_huge_expanded("bounds", "eps", eps)
         if not eps.is_floating_point():
             raise TypeError(f"bounds: eps must be a floating-point tensor or a number, got {eps.dtype}")
         if eps.device != x.device:
@@ -68,27 +104,44 @@ def box(x: Tensor, eps, clip):
         return x, eps_t
     if not (isinstance(clip, (tuple, list)) and len(clip) == 2):
         raise ValueError(f"bounds: clip must be a (low, high) pair, got {clip!r}")
-    lo, hi = x - eps_t, x + eps_t
-    lo = torch.maximum(lo, torch.as_tensor(clip[0], dtype=x.dtype, device=x.device))
-    hi = torch.minimum(hi, torch.as_tensor(clip[1], dtype=x.dtype, device=x.device))
-    if bool((lo.detach() > hi.detach()).any()):
-        raise ValueError("bounds: the clipped box is empty somewhere (x outside the clip range by more than eps)")
+    low, high = _clip_end(x, clip[0], 0), _clip_end(x, clip[1], 1)
+    per_element = isinstance(clip[0], Tensor) or isinstance(clip[1], Tensor)
+    # two numbers: compare them, not x-sized tensors (BoundedModel passes clip on every training step)
+    if per_element:
+        reversed_ = (low > high).detach()
+        idx = tuple(reversed_.nonzero()[0].tolist()) if bool(reversed_.any()) else None
+        where = None if idx is None else (_at(low, idx), _at(high, idx), f" at x{list(idx)}")
+    else:
+        where = (f"{float(clip[0]):g}", f"{float(clip[1]):g}", "") if float(clip[0]) > float(clip[1]) else None
+    if where is not None:
+        raise ValueError(f"bounds: clip is reversed: low {where[0]} > high {where[1]}{where[2]}, so the clipped box "
+                         "is empty somewhere whatever x is; clip is (low, high)")
+    lo, hi = torch.maximum(x - eps_t, low), torch.minimum(x + eps_t, high)
+    empty = (lo.detach() > hi.detach())
+    if bool(empty.any()):
+        idx = tuple(empty.nonzero()[0].tolist())
+        raise ValueError(f"bounds: the clipped box is empty somewhere: x{list(idx)} = {_at(x, idx)} lies outside clip "
+                         f"[{_at(low, idx)}, {_at(high, idx)}] by more than eps ({_at(eps_t, idx)})")
     return (lo + hi) / 2, (hi - lo) / 2
 
 
 def check_params(model: nn.Module, x: Tensor) -> None:
+    """Every floating parameter and buffer has x's dtype and device (and none is a huge expanded tensor)."""
     for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+        require_not_huge_expanded("bounds", f"model parameter {name}", p)
         if p.is_floating_point() and (p.dtype != x.dtype or p.device != x.device):
             raise TypeError(f"bounds: model parameter {name} is {p.dtype} on {p.device} but x is {x.dtype} on "
                             f"{x.device}; convert one of them (e.g. model.to(x.dtype))")
 
 
 def check_spec(spec, net: Network, x: Tensor) -> Optional[Tensor]:
+    """``spec`` in x's dtype if it is None or a real (K, out) / (N, K, out) tensor on x's device."""
     if spec is None:
         return None
     if not isinstance(spec, Tensor):
         raise TypeError(f"bounds: spec must be a tensor or None, got {type(spec).__name__}")
     require_dense("bounds", "spec", spec)
+    require_not_huge_expanded("bounds", "spec", spec)
     if spec.is_complex() or spec.dtype == torch.bool:
         raise TypeError(f"bounds: spec must be a real (floating-point or integer) tensor, got {spec.dtype}")
     if spec.device != x.device:
@@ -105,6 +158,7 @@ def check_spec(spec, net: Network, x: Tensor) -> Optional[Tensor]:
 
 
 def check_masks(masks, net: Network, mu: Tensor) -> List[Tensor]:
+    """Given ETB masks as 0/1 tensors of mu's dtype, one (N, *pre-activation shape) per ReLU."""
     shapes = net.stage_shapes()[:-1]
     if not isinstance(masks, (list, tuple)) or len(masks) != len(shapes):
         raise ValueError(f"bounds: mask must be 'etb', 'ibp' or a list of {len(shapes)} tensors (one per ReLU)")
@@ -115,6 +169,7 @@ def check_masks(masks, net: Network, mu: Tensor) -> List[Tensor]:
             raise ValueError(f"bounds: mask[{i}] must be a tensor of shape {want}, got "
                              f"{tuple(getattr(m, 'shape', ())) or type(m).__name__}")
         require_dense("bounds", f"mask[{i}]", m)
+        require_not_huge_expanded("bounds", f"mask[{i}]", m)
         if m.is_complex():
             raise TypeError(f"bounds: mask[{i}] must be bool or real, got {m.dtype}")
         if m.device != mu.device:

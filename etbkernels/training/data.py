@@ -41,6 +41,9 @@ def load_dataset(name: str, split: str, data_dir: Optional[str] = None, limit: O
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         x, y = x[:limit].contiguous(), y[:limit].contiguous()
+    if len(x) == 0 or len(x) != len(y):  # the loaders refuse these; a run must never train on nothing
+        raise ValueError(f"{name} {split}: {len(x)} images and {len(y)} labels; need at least one image, "
+                         "one label each")
     return x, y
 
 

@@ -26,6 +26,12 @@ def collect_results(paths: Iterable[Union[str, Path]]) -> List[Dict]:
             raise ValueError(f"{f}: not valid JSON: {e}") from None
         if not isinstance(r, dict) or not {"clean_acc", "pgd_acc", "method", "eps"} <= r.keys():
             raise ValueError(f"{f}: not an etbkernels evaluation result (needs clean_acc, pgd_acc, method, eps)")
+        for key, none_ok in (("clean_acc", False), ("pgd_acc", True), ("eps", False)):  # else drawn as text
+            v = r[key]
+            if not (v is None and none_ok or type(v) in (int, float) and 0 <= v <= 1):
+                raise ValueError(f"{f}: not an etbkernels evaluation result ({key} is {v!r:.40}, not a number in [0, 1])")
+        if not isinstance(r["method"], str):
+            raise ValueError(f"{f}: not an etbkernels evaluation result (method is {r['method']!r:.40}, not a name)")
         r["_file"] = str(f)
         results.append(r)
     if not results:
