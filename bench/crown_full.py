@@ -6,7 +6,7 @@ default, no gradients), in one run with the calls interleaved:
 - time and matmul/convolution flops (torch's formulas on every aten call) of IBP, CROWN-IBP,
   CROWN's forward mode, ETB(mask="etb") and full CROWN, the last one twice: with its
   convolutional layers' rows pulled back on their windows (``crown_windows``, the default) and
-  as dense images (``etbkernels._internal.ab_switches(crown_windows=False)``);
+  as dense images (``bounds(..., options=BoundsOptions(conv_windows=False))``);
 - the mean width of the logit bounds of each (the sound ones: IBP, CROWN-IBP, CROWN forward,
   CROWN; ETB's are expected bounds, not certificates);
 - where auto_LiRPA 0.3 imports (bench/auto_lirpa_compat.py), its IBP, CROWN-IBP and CROWN on the
@@ -25,7 +25,7 @@ import sys
 import torch
 
 import etbkernels
-from etbkernels._internal import ab_switches
+from etbkernels.network import BoundsOptions
 from etbkernels.network import models
 
 from . import auto_lirpa_compat
@@ -65,9 +65,11 @@ def _lirpa_call(model, x, eps, key):
 def _call(model, x, eps, key):
     kw = METHODS[key][1]
 
+    options = BoundsOptions(conv_windows=key != "crown_dense")
+
     def fn():
-        with ab_switches(crown_windows=key != "crown_dense"), torch.no_grad():
-            return etbkernels.bounds(model, x, eps, **kw)
+        with torch.no_grad():
+            return etbkernels.bounds(model, x, eps, options=options, **kw)
     return fn
 
 

@@ -17,7 +17,8 @@ import sys
 import torch
 
 import etbkernels
-from etbkernels._internal import ab_switches, tail_start
+from etbkernels._internal import tail_start
+from etbkernels.network import BoundsOptions
 from etbkernels.network import models, parse_model
 
 from .harness import bench_parser, interleaved_medians, parse_bench_args, write_results
@@ -28,11 +29,9 @@ MODELS = {"mlp": lambda: models.mlp((784, 1024, 1024, 10)),
 
 
 def _switch(enabled: bool, fn):
-    """``fn`` with the lazy tail on or off while it runs."""
-    def run():
-        with ab_switches(lazy_tail=enabled):
-            return fn()
-    return run
+    """``fn(options)`` with the lazy tail on or off."""
+    options = BoundsOptions(lazy_tail=enabled)
+    return lambda: fn(options)
 
 
 def main(argv=None) -> int:
@@ -59,19 +58,19 @@ def main(argv=None) -> int:
         for eps in args.eps:
             with torch.no_grad():
                 lazy = etbkernels.bounds(model, x[:16], eps)
-                full = _switch(False, lambda: etbkernels.bounds(model, x[:16], eps))()
+                full = etbkernels.bounds(model, x[:16], eps, options=BoundsOptions(lazy_tail=False))
             diff = ((lazy.radius - full.radius).abs().max() / full.radius.abs().max()).item()
 
             def nograd(enabled):
-                def fn():
+                def fn(options):
                     with torch.no_grad():
-                        etbkernels.bounds(model, x, eps)
+                        etbkernels.bounds(model, x, eps, options=options)
                 return _switch(enabled, fn)
 
             def fwd_bwd(enabled):
-                def fn():
+                def fn(options):
                     model.zero_grad()
-                    b = etbkernels.bounds(model, x, eps)
+                    b = etbkernels.bounds(model, x, eps, options=options)
                     (b.upper - b.lower).sum().backward()
                 return _switch(enabled, fn)
 

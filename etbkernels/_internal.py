@@ -8,46 +8,21 @@ when the network package is restructured, this file changes and the benchmarks d
   path (the cache-sized CPU rule, and the 1 GiB memory rule alone), for a parsed network.
 - ``forward_numel_per_sample``: the largest per-sample tensor of that forward path.
 - ``tail_start``: the stage where the lazy tail of ETB's trailing Linear layers starts (None: none).
-- ``ab_switches``: turns the two A/B switches of the network code on or off for a ``with`` block.
 - ``profile_stages``: the functions whose time bench/profile_network.py reports.
 - ``triton_launch``: the Triton radius kernels' launch with any product precision (bench/triton_sweep.py).
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Dict, Iterator, Optional
+from typing import Callable, Dict
 
-from .network import crown_windows as _crown_windows
 from .network import etb as _etb
-from .network import etb_tail as _etb_tail
 from .network import patches as _patches
 from .network.chunking import forward_chunk, memory_chunk
 from .network.etb import forward_numel_per_sample
 from .network.etb_tail import tail_start
 
-__all__ = ["forward_chunk", "memory_chunk", "forward_numel_per_sample", "tail_start", "ab_switches",
+__all__ = ["forward_chunk", "memory_chunk", "forward_numel_per_sample", "tail_start",
            "profile_stages", "triton_launch"]
-
-
-@contextlib.contextmanager
-def ab_switches(*, lazy_tail: Optional[bool] = None, crown_windows: Optional[bool] = None) -> Iterator[None]:
-    """Within the block, ETB's lazy tail (``lazy_tail``) and full CROWN's windowed conv rows
-    (``crown_windows``) are on (True) or off (False); None leaves a switch as it is. Both are on by
-    default; turning one off gives the same bounds the slower way (bench/lazy_tail.py and
-    bench/crown_full.py time both ways). The previous values are restored on exit.
-
-    These are module flags today (``etb_tail.ENABLED``, ``crown_windows.ENABLED``); when they become
-    keyword options of ``bounds()``, only this function changes."""
-    flags = [(mod, value) for mod, value in ((_etb_tail, lazy_tail), (_crown_windows, crown_windows))
-             if value is not None]
-    old = [(mod, mod.ENABLED) for mod, _ in flags]
-    try:
-        for mod, value in flags:
-            mod.ENABLED = bool(value)
-        yield
-    finally:
-        for mod, value in old:
-            mod.ENABLED = value
 
 
 def profile_stages() -> Dict[str, Callable]:

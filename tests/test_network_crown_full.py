@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from etbkernels.network import bounds, margin_spec
+from etbkernels.network import BoundsOptions, bounds, margin_spec
 from etbkernels.network import crown_full
 from etbkernels.network.parse import parse_model
 from network_ref import crown_full_ref, modules
@@ -180,8 +180,7 @@ def test_windows_equal_dense_rows(layers, shape, budget, monkeypatch):
         assert all(pb == 1 and rows == 2 for pb, rows, _ in shapes)
     elif budget == 10000:  # blocks of several positions, all channels, several blocks per stage
         assert any(pb > 1 for pb, _, _ in shapes) and len(shapes) > 2 and all(rows == 2 * C for _, rows, C in shapes)
-    monkeypatch.setattr(crown_full.crown_windows, "ENABLED", False)
-    d, layers_d = bounds(model, x, 0.1, method="crown", return_layers=True)
+    d, layers_d = bounds(model, x, 0.1, method="crown", return_layers=True, options=BoundsOptions(conv_windows=False))
     for a, c in zip(layers_w + [b], layers_d + [d]):
         torch.testing.assert_close(a.lower, c.lower, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(a.upper, c.upper, rtol=1e-12, atol=1e-12)

@@ -32,7 +32,7 @@ from torch import nn
 
 from etbkernels import Bounds
 from etbkernels.attacks import pgd_output_range
-from etbkernels.network import Normalize, bounds, chunking, crown_full, crown_windows, etb, etb_tail, margin_spec
+from etbkernels.network import BoundsOptions, Normalize, bounds, chunking, crown_full, crown_windows, etb, margin_spec
 from etbkernels.testing import box_points
 from network_ref import (blockwise_jacobian_ref, crown_forward_ref, crown_full_ref, crown_ibp_ref, masked_forward,
                          modules, per_logit_autograd)
@@ -169,6 +169,8 @@ def _init(model: nn.Sequential, seed: int) -> nn.Sequential:
 class Case:
     """A random model, a batch, eps, clip and a spec (None where the model ends with a ReLU)."""
 
+    OPTIONS = None  # BoundsOptions for every bounds() call (a test may switch a strategy off)
+
     def __init__(self, seed: int, spec_kinds=("none", "margin", "shared", "per_sample"), max_batch: int = 3):
         self.seed = seed
         rng = random.Random(seed * 7 + 1)
@@ -222,7 +224,8 @@ class Case:
         spec), then flattened to (N, K) for the comparisons."""
         x = self.x if x is None else x
         spec = self.spec if isinstance(spec, str) else spec
-        res = bounds(self.model, x, self.eps if eps is None else eps, clip=self.clip, spec=spec, **kw)
+        res = bounds(self.model, x, self.eps if eps is None else eps, clip=self.clip, spec=spec,
+                     options=self.OPTIONS, **kw)
         b = res[0] if kw.get("return_layers") else res
         if spec is None:
             with torch.no_grad():
@@ -542,8 +545,8 @@ def test_internal_strategies_agree(seed, monkeypatch):
     knobs = {
         "row groups of one": [(etb, "BACKWARD_IMAGES", 1), (crown_full, "BACKWARD_IMAGES", 1),
                               (crown_full, "DENSE_GROUP_NUMEL", 1), (crown_windows, "WINDOW_CALL_NUMEL", 1)],
-        "no windows": [(crown_windows, "ENABLED", False)],
-        "no lazy tail": [(etb_tail, "ENABLED", False)],
+        "no windows": [(Case, "OPTIONS", BoundsOptions(conv_windows=False))],
+        "no lazy tail": [(Case, "OPTIONS", BoundsOptions(lazy_tail=False))],
         "no patches": [(etb, "_use_patches", lambda net: False)],
         "one-sample default chunks": [(chunking, "CPU_CACHE_CHUNK_BYTES", 1), (chunking, "DEFAULT_CHUNK_BYTES", 1)],
     }

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from etbkernels.network import bounds, margin_spec, models
+from etbkernels.network import BoundsOptions, bounds, margin_spec, models
 from etbkernels.network import etb_tail
 from etbkernels.network.parse import parse_model
 from network_ref import blockwise_jacobian_ref
@@ -50,9 +50,9 @@ def test_tail_start_choices(monkeypatch):
     x = torch.zeros(1, 1, 28, 28)
     for model, want in [(models.mlp(), 0), (models.medium_cnn(), 5), (models.small_cnn(), None)]:
         assert etb_tail.tail_start(parse_model(model, (1, 28, 28), x), 10) == want
-    with monkeypatch.context() as m:  # the benchmarks' baseline switch
-        m.setattr(etb_tail, "ENABLED", False)
-        assert etb_tail.tail_start(parse_model(models.mlp(), (1, 28, 28), x), 10) is None
+    net = parse_model(models.mlp(), (1, 28, 28), x)  # the benchmarks' baseline: the option off
+    net.options = BoundsOptions(lazy_tail=False)
+    assert etb_tail.tail_start(net, 10) is None
     # a deep MLP: forming the first layers' directions forward is cheaper than pulling rows back
     # through all of them
     t, L = _tail(deep_mlp(), (2, 64))

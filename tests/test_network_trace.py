@@ -129,3 +129,21 @@ def test_traced_graph_reads_current_weights_with_gradients():
     b = etbkernels.bounds(model, x, 0.1, method="crown-ibp")
     (b.upper - b.lower).sum().backward()
     assert model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0
+
+
+def test_bounds_options_change_how_not_what():
+    """BoundsOptions (the lazy tail, full CROWN's windows) give the same bounds; a wrong type is refused."""
+    from etbkernels.network import BoundsOptions
+    from etbkernels.network.models import mlp, small_cnn
+    torch.manual_seed(0)
+    for model, x, kw in [(mlp((12, 30, 30, 5)).double().eval(), torch.rand(3, 12, dtype=torch.float64), {}),
+                         (small_cnn(in_dim=12, classes=4).double().eval(), torch.rand(2, 1, 12, 12, dtype=torch.float64),
+                          {"method": "crown"})]:
+        a = etbkernels.bounds(model, x, 0.05, **kw)
+        b = etbkernels.bounds(model, x, 0.05, options=BoundsOptions(lazy_tail=False, conv_windows=False), **kw)
+        torch.testing.assert_close(a.lower, b.lower, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(a.upper, b.upper, rtol=1e-12, atol=1e-12)
+    with pytest.raises(TypeError, match="options must be a BoundsOptions"):
+        etbkernels.bounds(model, x, 0.05, options={"lazy_tail": False})
+    with pytest.raises(TypeError, match="lazy_tail must be a bool"):
+        BoundsOptions(lazy_tail="no")

@@ -32,19 +32,23 @@ def cache_dir(csrc: str) -> str:
 def load_extension() -> None:
     """Registers the etbkernels ops with torch: imports the ahead-of-time module if there is one, or
     builds (first time) and loads the cached one. Raises ImportError with a one-line reason."""
+    stale = None
     try:
         importlib.import_module("etbkernels._C")
         return
     except ModuleNotFoundError as e:
         if e.name != "etbkernels._C":
             raise
-    except ImportError as e:  # a module that is there but does not load (built against another torch)
-        raise ImportError(f"etbkernels: the compiled module does not load ({e}); rebuild it against torch "
-                          f"{torch.__version__} (pip install --no-build-isolation -e .), or delete it to build at "
-                          "first import") from None
+    except ImportError as e:  # there, but it does not load: built against another torch
+        stale = e
     csrc = sources.find_csrc(_PACKAGE_DIR)
     if csrc is None:
-        raise ImportError("etbkernels: no compiled module and no C++ sources to build one; reinstall with pip install .")
+        raise ImportError("etbkernels: no compiled module and no C++ sources to build one; reinstall with pip install ."
+                          if stale is None else f"etbkernels: the compiled module does not load ({stale}); rebuild it "
+                          f"against torch {torch.__version__}: pip install --no-build-isolation .") from None
+    if stale is not None:
+        print(f"etbkernels: the compiled module does not load with torch {torch.__version__} (built for another "
+              "version?); using a first-import build instead", file=sys.stderr)
     _build_and_load(csrc)
 
 

@@ -18,6 +18,7 @@ from .chunking import backward_chunk, forward_chunk, needs_grad, split_spec
 from .ibp import ibp_stages
 from .layers import LinearOp
 from .build import build_graph
+from .options import BoundsOptions
 from .parse import Network, lower_chain
 
 
@@ -104,6 +105,8 @@ def bounds(model: nn.Module, x: Tensor, eps: Union[float, Tensor], *, method: st
             whole batch at once unless gradients flow).
             With gradients enabled each chunk is checkpointed, so memory stays bounded in
             backward too.
+        options: :class:`~etbkernels.network.BoundsOptions`: how the bounds are computed (the lazy
+            tail, full CROWN's windows), never their value; for A/B benchmarks and debugging.
 
     Returns:
         :class:`~etbkernels.Bounds` of the model's output shape (N, *output shape), or (N, K)
@@ -125,7 +128,11 @@ def bounds(model: nn.Module, x: Tensor, eps: Union[float, Tensor], *, method: st
         raise TypeError(f"bounds: model must be an nn.Module, got {type(model).__name__}")
     check_params(model, x)
     graph = build_graph(model, x)
+    if options is not None and not isinstance(options, BoundsOptions):
+        raise TypeError(f"bounds: options must be a BoundsOptions or None, got {type(options).__name__}")
     net = lower_chain(graph)
+    if net is not None and options is not None:
+        net.options = options
     if net is None:
         return _graph_bounds(graph, x, mu, r, method, mask, center_at, spec, return_layers, chunk_size)
     if net.relu_first:  # ReLU applied to the input box: exact

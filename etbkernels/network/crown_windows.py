@@ -32,8 +32,6 @@ from .layers import AvgPoolOp, ChannelAffineOp, ConvOp
 from .parse import Network
 from .patches import _tap_matmul
 
-#: False: dense rows everywhere (for the A/B benchmark bench/crown_full.py).
-ENABLED = True
 #: Numbers in the largest tensor of one call (samples x positions x rows x window), about a
 #: last-level cache.
 WINDOW_CALL_NUMEL = 1 << 22
@@ -44,7 +42,7 @@ PROGRESS_CALLS = 200
 
 def applies(net: Network) -> bool:
     """Whether every op of ``net`` maps windows to windows and its output is a (C, H, W) grid."""
-    return ENABLED and len(net.out_shape) == 3 and all(isinstance(op, (ConvOp, AvgPoolOp, ChannelAffineOp))
+    return net.options.conv_windows and len(net.out_shape) == 3 and all(isinstance(op, (ConvOp, AvgPoolOp, ChannelAffineOp))
                                                        for st in net.stages for op in st)
 
 

@@ -30,8 +30,6 @@ from torch import Tensor
 from .layers import FlattenOp, LinearOp
 from .parse import Network
 
-#: False: always the full forward pass (for A/B benchmarks: bench/lazy_tail.py).
-ENABLED = True
 #: Relative slack on the cheap upper bound, so that rounding (ub and the exact radius are summed
 #: in different orders) never decides a neuron the full computation would have left undecided.
 UB_SLACK = 1e-3
@@ -68,8 +66,8 @@ def _lazy_cost(h: List[int], n: int, t: int, t0: int, K: int) -> float:
 def tail_start(net: Network, K: int) -> Optional[int]:
     """Where :func:`lazy_tail` takes over: the stage t (in the trailing run of one-Linear stages)
     whose estimated cost (:func:`_lazy_cost`) is least, or None when the full forward pass is
-    cheaper (or there is no hidden layer in the trailing run, or :data:`ENABLED` is False)."""
-    if not ENABLED:
+    cheaper (or there is no hidden layer in the trailing run, or ``net.options.lazy_tail`` is False)."""
+    if not net.options.lazy_tail:
         return None
     L = len(net.stages)
     t0 = L

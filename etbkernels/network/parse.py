@@ -19,6 +19,7 @@ from torch import nn
 from .build import Graph, build_graph
 from .graph_ops import ReluOp
 from .layers import AffineOp, ChannelAffineOp, ConvOp, LinearOp, Shape
+from .options import BoundsOptions
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Network:
     stages: List[List[AffineOp]] = field(default_factory=list)
     relu_first: bool = False  # the model starts with a ReLU (applied to the input box)
     relu_last: bool = False   # the model ends with a ReLU (applied to the output bounds)
+    options: BoundsOptions = field(default_factory=BoundsOptions)  # how (not what) the methods compute
 
     @property
     def out_shape(self) -> Shape:

@@ -1,0 +1,127 @@
+"""bounds() of this checkout against another commit's, on the small and medium CNN (batch 256).
+
+A change to the network code must not make the existing methods slower. The other commit is
+checked out into a git worktree; two worker processes, one importing each copy of the package,
+load the same models and inputs, and the parent asks them in turn for one timed call, interleaved
+(one call of each version per round, the order alternating), so a burst of load on this shared
+machine hits both alike. Reports per model and method the median seconds of each and the ratio
+this/other. Writes bench/results/versus_commit.{json,md}.
+
+    python -m bench run versus_commit -- --commit efd85f0~1
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .harness import parse_bench_args, write_results
+from .harness.results import bench_parser
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = {"ibp": {"method": "ibp"}, "crown_ibp": {"method": "crown-ibp"},
+           "etb_mask_ibp": {"mask": "ibp"}, "etb_mask_etb": {"mask": "etb"}}
+
+# One worker: imports etbkernels from ROOT (argv[1]), then answers "model method" lines with seconds.
+WORKER = r"""
+import sys, time
+root = sys.argv[1]
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()
+                    and "editable" not in getattr(f, "__name__", "").lower()]
+sys.path.insert(0, root)
+import torch
+torch.manual_seed(0)
+import etbkernels
+from etbkernels.network import models
+assert etbkernels.__file__.startswith(root), etbkernels.__file__
+torch.set_num_threads(int(sys.argv[2]))
+batch = int(sys.argv[3])
+made = {"small": models.small_cnn, "medium": models.medium_cnn}
+nets = {}
+for name, make in made.items():
+    torch.manual_seed(0)
+    nets[name] = (make().eval(), torch.rand(batch, 1, 28, 28))
+METHODS = %s
+print("ready", flush=True)
+for line in sys.stdin:
+    name, method = line.split()
+    model, x = nets[name]
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        etbkernels.bounds(model, x, 0.1, **METHODS[method])
+        dt = time.perf_counter() - t0
+    print(dt, flush=True)
+"""
+
+
+def _worker(root: str, threads: int, batch: int) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    p = subprocess.Popen([sys.executable, "-c", WORKER % repr(METHODS), root, str(threads), str(batch)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=tempfile.gettempdir())
+    if p.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"the worker for {root} did not start")
+    return p
+
+
+def _ask(p: subprocess.Popen, model: str, method: str) -> float:
+    p.stdin.write(f"{model} {method}\n")
+    p.stdin.flush()
+    return float(p.stdout.readline())
+
+
+def main(argv=None) -> int:
+    parser = bench_parser(__doc__, "versus_commit")
+    parser.add_argument("--commit", default="HEAD~1", help="the commit to compare this checkout with")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per model and method")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", default="small,medium")
+    args = parse_bench_args(parser, argv)
+    rounds, batch = (2, 8) if args.quick else (args.rounds, args.batch)
+    names = args.models.split(",")
+    commit = subprocess.run(["git", "rev-parse", "--short", args.commit], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = os.path.join(tmp, "other")
+        subprocess.run(["git", "worktree", "add", "--detach", tree, commit], cwd=REPO, check=True,
+                       capture_output=True)
+        try:
+            workers = {"other": _worker(tree, args.threads, batch), "this": _worker(str(REPO), args.threads, batch)}
+            times = {(m, k, v): [] for m in names for k in METHODS for v in workers}
+            for m in names:
+                for k in METHODS:
+                    for v in workers:  # warm-up
+                        _ask(workers[v], m, k)
+            for r in range(rounds):
+                order = list(workers) if r % 2 == 0 else list(reversed(list(workers)))
+                for m in names:
+                    for k in METHODS:
+                        for v in order:
+                            times[(m, k, v)].append(_ask(workers[v], m, k))
+            for p in workers.values():
+                p.stdin.close()
+                p.wait()
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=REPO, capture_output=True)
+    rows = []
+    for m in names:
+        for k in METHODS:
+            this, other = statistics.median(times[(m, k, "this")]), statistics.median(times[(m, k, "other")])
+            rows.append({"model": m, "method": k, "this_s": this, "other_s": other, "ratio": this / other,
+                         "rounds": rounds})
+    lines = [f"# bounds(): this checkout vs {commit} (batch {batch}, {args.threads} threads, {rounds} interleaved "
+             "rounds, medians)", "", "| model | method | this s | other s | this/other |", "|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['method']} | {r['this_s']:.4f} | {r['other_s']:.4f} | {r['ratio']:.3f} |"
+              for r in rows]
+    write_results(args, "versus_commit", {"commit": commit, "batch": batch, "rows": rows}, lines)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
