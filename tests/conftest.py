@@ -42,3 +42,19 @@ def cpu_strategy(request, monkeypatch):
     else:
         monkeypatch.setenv("ETBK_CPU_STRATEGY", request.param)
     return request.param
+
+
+# ETBK_TEST_DEVICE picks the device of the tests that take the ``device`` fixture (the network fuzz
+# and graph tests): "cpu" (default), "cuda", or both ("cpu,cuda"). A CUDA case skips itself where
+# there is no GPU. The id of each case ends with its device, so ``-k cuda`` selects the CUDA ones.
+# (tests/test_cuda_block.py reads the same variable on its own, with "cuda" as its default.)
+TEST_DEVICES = [d.strip() for d in os.environ.get("ETBK_TEST_DEVICE", "cpu").split(",") if d.strip()] or ["cpu"]
+
+
+@pytest.fixture(params=TEST_DEVICES)
+def device(request):
+    """The device a test runs the library on (ETBK_TEST_DEVICE); a test that parametrizes
+    ``device`` itself (etbkernels.testing.devices()) overrides this fixture."""
+    if request.param.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip("ETBK_TEST_DEVICE=cuda: no CUDA device here")
+    return request.param

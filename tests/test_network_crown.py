@@ -8,7 +8,7 @@ from torch import nn
 from etbkernels.attacks import pgd_output_range
 from etbkernels.network import bounds, margin_spec, models
 from etbkernels.network.api import _crown_ibp
-from etbkernels.network.crown import crown_backward, relu_relaxation
+from etbkernels.network.crown_ibp import crown_backward, relu_relaxation
 from etbkernels.network.parse import parse_model
 from network_ref import crown_forward_ref, crown_ibp_ref, modules
 from test_network_reference import CASES

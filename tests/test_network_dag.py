@@ -1,7 +1,11 @@
 """Bounds of models with branches, concatenation, max-pool and custom forwards (the traced graph's
 walkers, etbkernels/network/dag.py): every sound method contains every sampled output (10^4+ points
 per model: uniform, vertices, sign-gradient vertices), ETB equals a float64 reference built from the
-model's own operations (tests/dag_ref.py), and on chains the graph walkers equal the chain methods."""
+model's own operations (tests/dag_ref.py), and on chains the graph walkers equal the chain methods.
+Every test takes the ``device`` fixture (tests/conftest.py: ``ETBK_TEST_DEVICE``, default cpu): the
+bounds are computed there, on a copy of the model; the points and references stay on the CPU."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -92,6 +96,18 @@ def _models(seed):
     ]
 
 
+def on(device, model, *tensors):
+    """The model (a copy unless on the CPU) and tensors on ``device``."""
+    if str(device) == "cpu":
+        return (model, *tensors)
+    return (copy.deepcopy(model).to(device), *(t.to(device) for t in tensors))
+
+
+def cpu(b):
+    """Bounds back on the CPU, where the points and references are."""
+    return etbkernels.Bounds(*(t.cpu() for t in (b.lower, b.upper, b.center, b.radius)))
+
+
 CASES = [(f"{name}-{seed}", m.double().eval(), x.double()) for seed in (0, 1) for name, m, x in _models(seed)]
 EPS = 0.08
 
@@ -117,14 +133,15 @@ def _points(model, x, eps, count=10_000):
 
 
 @pytest.mark.parametrize("name, model, x", CASES, ids=[c[0] for c in CASES])
-def test_sound_methods_contain_every_sampled_output(name, model, x):
+def test_sound_methods_contain_every_sampled_output(name, model, x, device):
     pts = _points(model, x, EPS)
     assert pts.shape[0] >= 10_000
     with torch.no_grad():
         y = model(pts.reshape((-1,) + tuple(x.shape[1:]))).reshape((pts.shape[0],) + tuple(model(x).shape))
     widths = {}
+    dm, dx = on(device, model, x)
     for method in SOUND:
-        b = etbkernels.bounds(model, x, EPS, method=method)
+        b = cpu(etbkernels.bounds(dm, dx, EPS, method=method))
         slack = 1e-10 * (1 + y.abs().max())
         assert bool((y >= b.lower - slack).all()), f"{method}: a point below the lower bound"
         assert bool((y <= b.upper + slack).all()), f"{method}: a point above the upper bound"
@@ -136,12 +153,14 @@ def test_sound_methods_contain_every_sampled_output(name, model, x):
 
 @pytest.mark.parametrize("mask, center_at", ETB)
 @pytest.mark.parametrize("name, model, x", CASES[:4], ids=[c[0] for c in CASES[:4]])
-def test_etb_equals_the_dense_reference(name, model, x, mask, center_at):
+def test_etb_equals_the_dense_reference(name, model, x, mask, center_at, device):
     r = torch.full_like(x, EPS)
-    b, layers = etbkernels.bounds(model, x, EPS, mask=mask, center_at=center_at, return_layers=True)
+    dm, dx = on(device, model, x)
+    b, layers = etbkernels.bounds(dm, dx, EPS, mask=mask, center_at=center_at, return_layers=True)
+    b, layers = cpu(b), [cpu(lay) for lay in layers]
     if mask == "ibp":
-        _, ibp_layers = etbkernels.bounds(model, x, EPS, method="ibp", return_layers=True)
-        ends = [lay.upper for lay in ibp_layers]
+        _, ibp_layers = etbkernels.bounds(dm, dx, EPS, method="ibp", return_layers=True)
+        ends = [lay.upper.cpu() for lay in ibp_layers]
     else:
         # the choices from our own upper ends, which are checked against the reference's below: a max
         # over near-equal upper ends (equal up to rounding) may otherwise pick another, equally valid input
@@ -166,9 +185,9 @@ CHAINS = [
 
 @pytest.mark.parametrize("method, kw", [(m, {}) for m in SOUND] + [("etb", dict(mask=m, center_at=c)) for m, c in ETB])
 @pytest.mark.parametrize("name, model, x", CHAINS, ids=[c[0] for c in CHAINS])
-def test_graph_walkers_equal_the_chain_methods(name, model, x, method, kw):
+def test_graph_walkers_equal_the_chain_methods(name, model, x, method, kw, device):
     """Two implementations of each method: the chain one (what bounds() takes here) and the graph one."""
-    model, x = model.double().eval(), x.double()
+    model, x = on(device, model.double().eval(), x.double())
     want = etbkernels.bounds(model, x, EPS, method=method, **kw)
     graph = build_graph(model, x)
     r = torch.full_like(x, EPS)
@@ -184,10 +203,9 @@ def test_graph_walkers_equal_the_chain_methods(name, model, x, method, kw):
 
 
 @pytest.mark.parametrize("make", [resnet, cnn_maxpool])
-def test_zoo_graph_models_train_shapes_and_bound(make):
+def test_zoo_graph_models_train_shapes_and_bound(make, device):
     """The model zoo's graph models: MNIST-shaped, every method runs, sound ones contain f(x)."""
-    model = make().eval()
-    x = torch.rand(2, 1, 28, 28)
+    model, x = on(device, make().eval(), torch.rand(2, 1, 28, 28))
     y = model(x)
     assert y.shape == (2, 10)
     for method in ["ibp", "crown-ibp"]:

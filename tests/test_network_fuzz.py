@@ -12,6 +12,9 @@ entries 0), with and without ``clip=(0, 1)``, with no spec, margins, a shared or
 spec. What each test guards is in its docstring; the other network tests check fixed networks.
 
 ``ETBK_FUZZ_SEEDS=500 pytest tests/test_network_fuzz.py`` runs more seeds (default 16-40 per test).
+Every test takes the ``device`` fixture (tests/conftest.py: ``ETBK_TEST_DEVICE``, default cpu):
+``bounds()`` runs there, on a copy of the model, and the references stay on the CPU
+(``ETBK_TEST_DEVICE=cuda`` runs the library on a GPU; skipped without one).
 
 The bugs this file found have regression tests at its end: a model whose output is a conv grid
 (no Flatten) crashed ``crown-forward`` (and full CROWN on a one-stage model), and its output shape
@@ -32,7 +35,7 @@ from torch import nn
 
 from etbkernels import Bounds
 from etbkernels.attacks import pgd_output_range
-from etbkernels.network import BoundsOptions, Normalize, bounds, chunking, crown_full, crown_windows, etb, margin_spec
+from etbkernels.network import BoundsOptions, Normalize, bounds, chunking, crown_full, crown_windows, etb, margin_spec, pullback
 from etbkernels.testing import box_points
 from network_ref import (blockwise_jacobian_ref, crown_forward_ref, crown_full_ref, crown_ibp_ref, masked_forward,
                          modules, per_logit_autograd)
@@ -42,6 +45,35 @@ F64 = torch.float64
 SEEDS = int(os.environ.get("ETBK_FUZZ_SEEDS", "0"))
 SOUND = ("ibp", "crown-ibp", "crown-forward", "crown")
 ETB = [dict(method="etb", mask=m, center_at=c) for m in ("ibp", "etb") for c in ("output", "linear")]
+
+
+def to_device(model: nn.Module, device) -> nn.Module:
+    """The model on ``device``: the model itself on the CPU (CPU runs are unchanged), a copy elsewhere."""
+    return model if str(device) == "cpu" else copy.deepcopy(model).to(device)
+
+
+def _to(v, device):
+    """Tensors (also inside lists and tuples) moved to ``device``; anything else as it is."""
+    if isinstance(v, torch.Tensor):
+        return v.to(device)
+    if isinstance(v, (list, tuple)) and type(v) in (list, tuple):
+        return type(v)(_to(t, device) for t in v)
+    return v
+
+
+def _back(res):
+    """bounds()' result (Bounds, or (Bounds, layers)) moved to the CPU, where the references are."""
+    if isinstance(res, Bounds):
+        return Bounds(*(t.cpu() for t in (res.lower, res.upper, res.center, res.radius)))
+    return _back(res[0]), [_back(b) for b in res[1]]
+
+
+def bounds_on(device, model, x, eps, **kw):
+    """``bounds()`` on ``device`` (``model`` already there: :func:`to_device`; every tensor argument
+    moved there), its result back on the CPU. Differentiable in x, eps and the device model's parameters."""
+    if str(device) == "cpu":
+        return bounds(model, x, eps, **kw)
+    return _back(bounds(model, _to(x, device), _to(eps, device), **{k: _to(v, device) for k, v in kw.items()}))
 
 
 def seeds(default: int, offset: int):
@@ -171,10 +203,12 @@ class Case:
 
     OPTIONS = None  # BoundsOptions for every bounds() call (a test may switch a strategy off)
 
-    def __init__(self, seed: int, spec_kinds=("none", "margin", "shared", "per_sample"), max_batch: int = 3):
-        self.seed = seed
+    def __init__(self, seed: int, spec_kinds=("none", "margin", "shared", "per_sample"), max_batch: int = 3,
+                 device="cpu"):
+        self.seed, self.device = seed, device
         rng = random.Random(seed * 7 + 1)
         self.model, in_shape = random_model(seed)
+        self.dev_model = to_device(self.model, device)  # what bounds() runs on; the references use self.model
         N = rng.randint(1, max_batch)
         g = torch.Generator().manual_seed(seed)
         self.x = torch.rand((N,) + in_shape, generator=g, dtype=F64)
@@ -224,8 +258,8 @@ class Case:
         spec), then flattened to (N, K) for the comparisons."""
         x = self.x if x is None else x
         spec = self.spec if isinstance(spec, str) else spec
-        res = bounds(self.model, x, self.eps if eps is None else eps, clip=self.clip, spec=spec,
-                     options=self.OPTIONS, **kw)
+        res = bounds_on(self.device, self.dev_model, x, self.eps if eps is None else eps, clip=self.clip, spec=spec,
+                        options=self.OPTIONS, **kw)
         b = res[0] if kw.get("return_layers") else res
         if spec is None:
             with torch.no_grad():
@@ -317,12 +351,12 @@ def with_relu_last(case: Case, center, radius):
 
 # ------------------------------------------------------------------------------------ ETB vs references
 @pytest.mark.parametrize("seed", seeds(40, 0))
-def test_etb_equals_references(seed):
+def test_etb_equals_references(seed, device):
     """ETB on random networks, boxes (clipped too) and specs: mask="ibp" equals the per-logit autograd
     reference (output, both centres, with and without return_layers; every hidden layer equals the
     reference of the model cut before that ReLU); mask="etb" equals the dense blockwise Jacobian
     reference at the output (lazy tail or not) and at every ReLU (return_layers)."""
-    case = Case(seed)
+    case = Case(seed, device=device)
     if case.relu_first:  # bounds() takes ReLU(box) exactly; the references linearize that ReLU
         pytest.skip("model starts with a ReLU: the references treat it differently")
     ref = reference_model(case.model)
@@ -347,11 +381,11 @@ def test_etb_equals_references(seed):
 
 
 @pytest.mark.parametrize("seed", seeds(24, 1000))
-def test_given_masks_equal_masked_jacobian(seed):
+def test_given_masks_equal_masked_jacobian(seed, device):
     """Random 0/1 masks given as a list: the centre is the masked linearization (or the network at
     the centre) and the radius |C J| r of the masked network, by autograd, with and without
     return_layers."""
-    case = Case(seed)
+    case = Case(seed, device=device)
     _, layers = case.bounds(method="ibp", return_layers=True)
     ref = reference_model(case.model)
     if case.relu_first or not layers or relu_cuts(case.model) is None:
@@ -373,13 +407,13 @@ def test_given_masks_equal_masked_jacobian(seed):
 
 
 @pytest.mark.parametrize("seed", seeds(30, 1500))
-def test_crown_methods_equal_dense_references(seed):
+def test_crown_methods_equal_dense_references(seed, device):
     """CROWN-IBP equals the dense per-sample backward reference (IBP's hidden intervals); CROWN's
     forward mode equals its dense reference at every ReLU and, at the output, the intersection of it
     with the backward reference on those intervals; full CROWN equals its layer-by-layer reference.
     The references fold a spec into the last module only, so with a spec the two output checks need
     a last Linear (else the library's folding into the Linear before a BatchNorm is tighter)."""
-    case = Case(seed)
+    case = Case(seed, device=device)
     if case.relu_first:
         pytest.skip("model starts with a ReLU: the references relax it")
     ref = reference_model(case.model)
@@ -409,12 +443,12 @@ def test_crown_methods_equal_dense_references(seed):
 
 # ------------------------------------------------------------------------------------ soundness
 @pytest.mark.parametrize("seed", seeds(40, 2000))
-def test_sound_methods_contain_sampled_points_and_pgd(seed):
+def test_sound_methods_contain_sampled_points_and_pgd(seed, device):
     """IBP, CROWN-IBP, CROWN forward and full CROWN contain the network's output (or spec @ output)
     at random points and vertices of the (clipped) box and at PGD's extremes, and every ReLU's
     input at those points lies in its return_layers bounds; return_layers does not change the
     output bounds."""
-    case = Case(seed)
+    case = Case(seed, device=device)
     N = case.x.shape[0]
     pts = box_points(case.mu.flatten(1), case.r.flatten(1), 64, seed=seed)
     with torch.no_grad():
@@ -439,11 +473,11 @@ def test_sound_methods_contain_sampled_points_and_pgd(seed):
 
 
 @pytest.mark.parametrize("seed", seeds(40, 3000))
-def test_crown_methods_against_ibp(seed):
+def test_crown_methods_against_ibp(seed, device):
     """Where the docs promise it: CROWN forward and full CROWN intersect every interval with IBP's
     image of the previous one, so no layer's interval (output included) is wider than IBP's; the
     hidden intervals of CROWN-IBP are IBP's; lower <= upper for every method."""
-    case = Case(seed)
+    case = Case(seed, device=device)
     ibp, ibp_layers = case.bounds(method="ibp", return_layers=True)
     for method in case.sound_methods():
         b, layers = case.bounds(method=method, return_layers=True)
@@ -463,10 +497,10 @@ def test_crown_methods_against_ibp(seed):
 
 # ------------------------------------------------------------------------------------ specs
 @pytest.mark.parametrize("seed", seeds(30, 4000))
-def test_spec_of_signed_scaled_unit_rows(seed):
+def test_spec_of_signed_scaled_unit_rows(seed, device):
     """A spec whose rows are d_j e_pi(j) (a permutation, positive or negative scales) gives exactly
     the transformed output bounds for every method (the row-wise bound is the bound of that output)."""
-    case = Case(seed, spec_kinds=("none",))
+    case = Case(seed, spec_kinds=("none",), device=device)
     if case.relu_last:
         pytest.skip("a spec needs an affine last layer")
     g = torch.Generator().manual_seed(seed)
@@ -483,11 +517,11 @@ def test_spec_of_signed_scaled_unit_rows(seed):
 
 
 @pytest.mark.parametrize("seed", seeds(30, 5000))
-def test_spec_folding_ibp_and_etb(seed):
+def test_spec_folding_ibp_and_etb(seed, device):
     """A random spec (shared or per sample): IBP's spec centre is C @ centre and its radius at most
     |C| @ radius (|C W| r, folded into a last Linear); ETB's centre is C @ centre (the masks do
     not depend on the spec) and its radius at most |C| @ radius (|C J| r)."""
-    case = Case(seed, spec_kinds=("shared", "per_sample"))
+    case = Case(seed, spec_kinds=("shared", "per_sample"), device=device)
     if case.spec is None:
         pytest.skip("the model ends with a ReLU: no spec")
     C = case.spec if case.spec.dim() == 3 else case.spec.expand(case.x.shape[0], -1, -1)
@@ -501,11 +535,11 @@ def test_spec_folding_ibp_and_etb(seed):
 
 # ------------------------------------------------------------------------------------ batches, chunks, no_grad
 @pytest.mark.parametrize("seed", seeds(30, 6000))
-def test_batch_rows_chunks_and_no_grad_agree(seed):
+def test_batch_rows_chunks_and_no_grad_agree(seed, device):
     """For every method and centre: the last sample alone equals its row of the batch; chunk_size 1
     and 2 equal one chunk; under no_grad (masks and relaxations applied in place) the bounds and
     every return_layers interval equal those computed with a graph."""
-    case = Case(seed, max_batch=4)
+    case = Case(seed, max_batch=4, device=device)
     N = case.x.shape[0]
     i = N - 1
     eps_i = case.eps[i:i + 1] if isinstance(case.eps, torch.Tensor) and case.eps.dim() == case.x.dim() else case.eps
@@ -534,16 +568,16 @@ def test_batch_rows_chunks_and_no_grad_agree(seed):
 
 
 @pytest.mark.parametrize("seed", seeds(20, 7000))
-def test_internal_strategies_agree(seed, monkeypatch):
+def test_internal_strategies_agree(seed, device, monkeypatch):
     """Strategies that must not change a bound: one image per transposed convolution, one neuron
     per full-CROWN row group and window call, dense rows instead of windows (full CROWN), the full
     forward pass instead of the lazy tail, dense directions instead of patches, and the smallest
     default chunks."""
-    case = Case(seed)
+    case = Case(seed, device=device)
     variants = case.variants()
     refs = [case.bounds(return_layers=True, **kw) for kw in variants]
     knobs = {
-        "row groups of one": [(etb, "BACKWARD_IMAGES", 1), (crown_full, "BACKWARD_IMAGES", 1),
+        "row groups of one": [(pullback, "BACKWARD_IMAGES", 1), (crown_full, "BACKWARD_IMAGES", 1),
                               (crown_full, "DENSE_GROUP_NUMEL", 1), (crown_windows, "WINDOW_CALL_NUMEL", 1)],
         "no windows": [(Case, "OPTIONS", BoundsOptions(conv_windows=False))],
         "no lazy tail": [(Case, "OPTIONS", BoundsOptions(lazy_tail=False))],
@@ -577,21 +611,21 @@ def _with_positive_eps(case: Case) -> Case:
 
 
 @pytest.mark.parametrize("seed", seeds(16, 8000))
-def test_chunked_gradients_equal_whole(seed):
+def test_chunked_gradients_equal_whole(seed, device):
     """Gradients in x, eps and every parameter of a loss on the bounds are the same with
     chunk_size=1 (checkpointed chunks) as in one chunk, for every method."""
-    case = _with_positive_eps(Case(seed, max_batch=3))
+    case = _with_positive_eps(Case(seed, max_batch=3, device=device))
     if case.x.shape[0] < 2:
         case.x = torch.cat([case.x, case.x.flip(-1)])
         if case.spec is not None and case.spec.dim() == 3:
             case.spec = case.spec.expand(2, -1, -1).clone()
         if isinstance(case.eps, torch.Tensor) and case.eps.dim() == case.x.dim():
             case.eps = case.eps.expand(2, *case.eps.shape[1:]).clone()
-    params = list(case.model.parameters())
+    params = list(case.dev_model.parameters())
     for kw in case.variants():
         grads = []
         for chunk in (None, 1):
-            case.model.zero_grad()
+            case.dev_model.zero_grad()
             x = case.x.clone().requires_grad_(True)
             eps = case.eps.clone().requires_grad_(True) if isinstance(case.eps, torch.Tensor) else case.eps
             b = case.bounds(x=x, eps=eps, chunk_size=chunk, **kw)
@@ -610,17 +644,19 @@ GRADCHECK_SEEDS = [9001, 9004, 9007]
 @pytest.mark.parametrize("kw", [dict(method=m) for m in SOUND] + ETB[::2] + [dict(method="etb", mask="etb",
                                                                                 center_at="linear")],
                          ids=lambda kw: "-".join(kw.values()))
-def test_gradcheck_random_network(seed, kw):
+def test_gradcheck_random_network(seed, kw, device):
     """float64 gradcheck of lower and upper in x, eps and every weight and bias of a random network
     (BatchNorm, Normalize, pools and specs included) for every method."""
     rng = random.Random(seed)
     model, in_shape = random_model(seed, grid_output=False)
+    model = to_device(model, device)
     g = torch.Generator().manual_seed(seed)
-    x = torch.rand((2,) + in_shape, generator=g, dtype=F64, requires_grad=True)
-    eps = (torch.rand(in_shape, generator=g, dtype=F64) * 0.08 + 0.01).requires_grad_(True)
+    x = torch.rand((2,) + in_shape, generator=g, dtype=F64).to(device).requires_grad_(True)
+    eps = (torch.rand(in_shape, generator=g, dtype=F64) * 0.08 + 0.01).to(device).requires_grad_(True)
     clip = (0.0, 1.0) if rng.random() < 0.3 else None
     K = model(x).shape[1]
-    spec = None if isinstance(modules(model)[-1], nn.ReLU) else torch.randn(2, 2, K, generator=g, dtype=F64)
+    spec = None if isinstance(modules(model)[-1], nn.ReLU) else \
+        torch.randn(2, 2, K, generator=g, dtype=F64).to(device)
     owners = [(m, n) for m in model.modules() for n in ("weight", "bias")
               if isinstance(getattr(m, n, None), nn.Parameter)]
     values = [getattr(m, n).detach().clone().requires_grad_(True) for m, n in owners]
@@ -642,7 +678,7 @@ def test_gradcheck_random_network(seed, kw):
     lambda: nn.Sequential(nn.Conv2d(2, 3, 3)),
     lambda: nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Conv2d(3, 2, 2), nn.ReLU()),
 ], ids=["two-stage", "one-stage", "relu-last"])
-def test_grid_output_every_method(model):
+def test_grid_output_every_method(model, device):
     """A model whose output is a conv grid (no Flatten): every method returns the model's output
     shape (CROWN-IBP, full CROWN and mask="ibp" returned flat rows, crown-forward and one-stage full
     CROWN crashed); the sound ones contain sampled outputs, the CROWN ones lie inside IBP, and both
@@ -653,10 +689,11 @@ def test_grid_output_every_method(model):
     with torch.no_grad():
         pts = box_points(x.flatten(1), torch.full_like(x.flatten(1), 0.05), 64, seed=0)
         y = model(pts.reshape((-1,) + x.shape[1:])).reshape((64,) + tuple(model(x).shape))
-    ibp = bounds(model, x, 0.05, method="ibp")
+    dm = to_device(model, device)
+    ibp = bounds_on(device, dm, x, 0.05, method="ibp")
     for kw in [dict(method=m) for m in SOUND] + ETB:
         for ret in (False, True):
-            b = bounds(model, x, 0.05, return_layers=ret, **kw)
+            b = bounds_on(device, dm, x, 0.05, return_layers=ret, **kw)
             b = b[0] if ret else b
             assert b.lower.shape == b.upper.shape == y.shape[1:], (kw, ret, tuple(b.lower.shape))
             if kw.get("method", "etb") != "etb":
@@ -666,18 +703,18 @@ def test_grid_output_every_method(model):
     if not isinstance(modules(model)[-1], nn.ReLU):
         for center_at in ("linear", "output"):
             c, r = per_logit_autograd(model, x, 0.05, center_at)
-            b = bounds(model, x, 0.05, mask="ibp", center_at=center_at)
+            b = bounds_on(device, dm, x, 0.05, mask="ibp", center_at=center_at)
             close(b.center.flatten(1), c, "mask=ibp centre")
             close(b.radius.flatten(1), r, "mask=ibp radius")
             (c, r), _ = blockwise_jacobian_ref(model, x, 0.05, center_at)
-            b = bounds(model, x, 0.05, mask="etb", center_at=center_at)
+            b = bounds_on(device, dm, x, 0.05, mask="etb", center_at=center_at)
             close(b.center.flatten(1), c, "mask=etb centre")
             close(b.radius.flatten(1), r, "mask=etb radius")
 
 
 @pytest.mark.parametrize("kw", [dict(mask="etb"), dict(mask="ibp", return_layers=True), dict(method="crown-forward")],
                          ids=["etb", "ibp-return_layers", "crown-forward"])
-def test_padding_only_window(kw):
+def test_padding_only_window(kw, device):
     """Conv2d(1, 1, 1, stride=7, padding=2) on a 3x3 input has one output neuron, which sees only
     the zero padding (the patches path used to crop past the input and crash): its pre-activation is
     the bias alone, so every method gives a zero-width interval there, and the output bounds equal
@@ -685,9 +722,10 @@ def test_padding_only_window(kw):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 1, 1, stride=7, padding=2), nn.ReLU(), nn.Flatten(), nn.Linear(1, 2)).double()
     x = torch.rand(2, 1, 3, 3, dtype=F64)
-    res = bounds(model, x, 0.1, **kw)
+    model = to_device(model, device)
+    res = bounds_on(device, model, x, 0.1, **kw)
     b, layers = res if kw.get("return_layers") else (res, None)
-    ibp, ibp_layers = bounds(model, x, 0.1, method="ibp", return_layers=True)
+    ibp, ibp_layers = bounds_on(device, model, x, 0.1, method="ibp", return_layers=True)
     close(b.lower, ibp.lower, f"{kw} lower")
     close(b.upper, ibp.upper, f"{kw} upper")
     assert float((ibp.upper - ibp.lower).detach().abs().max()) == 0.0
@@ -696,16 +734,16 @@ def test_padding_only_window(kw):
         close(layers[0].upper, ibp_layers[0].upper, "pre-activation upper")
 
 
-def test_empty_batch_lazy_tail():
+def test_empty_batch_lazy_tail(device):
     """An empty batch through ETB(mask="etb") on an MLP whose lazy tail starts at stage 1 (it
     crashed reshaping 0 elements with -1): empty (0, 2) bounds, as docs/bad_inputs.md row 29 says."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 1), nn.ReLU(), nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 2)).double()
-    b = bounds(model, torch.rand(0, 8, dtype=F64), 0.1)
+    b = bounds_on(device, to_device(model, device), torch.rand(0, 8, dtype=F64), 0.1)
     assert b.lower.shape == b.upper.shape == (0, 2)
 
 
-def test_crown_ibp_lower_not_above_upper_at_eps_0():
+def test_crown_ibp_lower_not_above_upper_at_eps_0(device):
     """CROWN-IBP at eps = 0 returned lower > upper by an ulp on about 1 in 10 random MLPs (its
     output was not intersected with anything); now lower <= upper, and both equal the network's
     output to rounding."""
@@ -714,19 +752,20 @@ def test_crown_ibp_lower_not_above_upper_at_eps_0():
         model = nn.Sequential(nn.Linear(7, 8), nn.ReLU(), nn.Linear(8, 7), nn.ReLU(), nn.Linear(7, 3)).double()
         x = torch.rand(3, 7, dtype=F64)
         with torch.no_grad():
-            b = bounds(model, x, 0.0, method="crown-ibp")
+            b = bounds_on(device, to_device(model, device), x, 0.0, method="crown-ibp")
             y = model(x)
         assert bool((b.lower <= b.upper).all()), f"seed {seed}: min(upper - lower) = {float((b.upper - b.lower).min())}"
         close(b.lower, y, f"seed {seed} lower")
         close(b.upper, y, f"seed {seed} upper")
 
 
-def test_empty_batch_other_paths():
+def test_empty_batch_other_paths(device):
     """The same empty batch on every other path gives empty (0, 2) bounds."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 1), nn.ReLU(), nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 2)).double()
     x = torch.rand(0, 8, dtype=F64)
+    model = to_device(model, device)
     for kw in [dict(method=m) for m in SOUND] + [dict(mask="ibp"), dict(mask="etb", return_layers=True)]:
-        b = bounds(model, x, 0.1, **kw)
+        b = bounds_on(device, model, x, 0.1, **kw)
         b = b[0] if kw.get("return_layers") else b
         assert b.lower.shape == b.upper.shape == (0, 2), kw

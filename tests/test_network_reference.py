@@ -249,8 +249,8 @@ def test_patch_conv_taps_are_single_mms_for_frozen_weights():
     P = torch.randn(2, 5, 5, 1, 3, 3, 4)
     w = torch.randn(6, 4, 3, 3)[:, :, 1, 1]  # a tap: a strided (C_out, C_in) view, no grad
     with torch.no_grad(), Ops() as rec:
-        y = patches._tap_matmul(P[:, 1::2, 1::2], w, 1)
-        g = patches._tap_matmul(y, w, 1, transpose=True)
+        y = patches.tap_matmul(P[:, 1::2, 1::2], w, 1)
+        g = patches.tap_matmul(y, w, 1, transpose=True)
     assert "bmm" not in rec.seen and rec.seen.count("mm") == 2
     torch.testing.assert_close(y, torch.einsum("bhwzuvc,oc->bhwzuvo", P[:, 1::2, 1::2], w))
     torch.testing.assert_close(g, torch.einsum("bhwzuvo,oc->bhwzuvc", y, w))

@@ -131,16 +131,26 @@ def test_traced_graph_reads_current_weights_with_gradients():
     assert model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0
 
 
-def test_bounds_options_change_how_not_what():
-    """BoundsOptions (the lazy tail, full CROWN's windows) give the same bounds; a wrong type is refused."""
-    from etbkernels.network import BoundsOptions
+def test_bounds_options_change_how_not_what(monkeypatch):
+    """BoundsOptions (the lazy tail, full CROWN's windows) give the same bounds, the other way (each
+    switched-off path is checked not to run); a wrong type is refused."""
+    from etbkernels.network import BoundsOptions, crown_windows, etb_tail
     from etbkernels.network.models import mlp, small_cnn
+    calls = []
+    for mod, name in ((crown_windows, "crown_neurons_windowed"), (etb_tail, "lazy_tail")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _real=real, _n=name, **k: calls.append(_n) or _real(*a, **k))
+    monkeypatch.setattr("etbkernels.network.etb.lazy_tail", etb_tail.lazy_tail)
     torch.manual_seed(0)
     for model, x, kw in [(mlp((12, 30, 30, 5)).double().eval(), torch.rand(3, 12, dtype=torch.float64), {}),
                          (small_cnn(in_dim=12, classes=4).double().eval(), torch.rand(2, 1, 12, 12, dtype=torch.float64),
                           {"method": "crown"})]:
+        calls.clear()
         a = etbkernels.bounds(model, x, 0.05, **kw)
+        assert calls, "the default path did not take the lazy tail / windows"
+        calls.clear()
         b = etbkernels.bounds(model, x, 0.05, options=BoundsOptions(lazy_tail=False, conv_windows=False), **kw)
+        assert not calls, calls
         torch.testing.assert_close(a.lower, b.lower, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(a.upper, b.upper, rtol=1e-12, atol=1e-12)
     with pytest.raises(TypeError, match="options must be a BoundsOptions"):

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from ..block import etb_block
 from ..bounds_type import Bounds
-from .crown import crown_backward
+from .crown_ibp import crown_backward
 from .crown_forward import crown_forward, intersect
 from .crown_full import crown_layers, graph_numel_per_sample
 from .etb import etb_backward, etb_forward, first_stage_directions
@@ -82,7 +82,7 @@ def bounds(model: nn.Module, x: Tensor, eps: Union[float, Tensor], *, method: st
         x: (N, *input shape) float32/float64 inputs, in the units of the model's input (raw pixels
             when the model starts with a Normalize layer); same dtype/device as the model.
         eps: box radius >= 0: a number or a tensor broadcastable to ``x``.
-        method: "etb" (default), "ibp", "crown-ibp" (:mod:`.crown`), "crown-forward"
+        method: "etb" (default), "ibp", "crown-ibp" (:mod:`.crown_ibp`), "crown-forward"
             (:mod:`.crown_forward`) or "crown" (:mod:`.crown_full`).
         mask: ETB only. "etb" (default): each ReLU's mask comes from ETB's own upper bound of the
             prefix ending there (blockwise scheme); "ibp": from IBP's upper bound (the authors'

@@ -10,7 +10,7 @@ convolutions), and its interval is their extremes over the box: ``U_k mu + u_k +
 ``W+ L + W- U`` (lower); with ``M = (U + L) / 2`` and ``Delta = (U - L) / 2`` that is
 ``M' = W M`` and ``Delta' = |W| Delta``: two products per layer, like IBP's centre and radius
 (the bias and the values at mu follow the same rule). A ReLU is replaced by CROWN's linear
-bounds on the interval just computed (:func:`.crown.relu_relaxation`): ``U <- a_u U`` (+ c_u),
+bounds on the interval just computed (:func:`.graph_ops.relu_relaxation`): ``U <- a_u U`` (+ c_u),
 ``L <- a_l L``, row scalings like ETB's masks. This is the "forward" mode of linear relaxation
 based perturbation analysis (Xu et al., NeurIPS 2020; auto_LiRPA's ``method="forward"``).
 IBP runs alongside from the same intervals, and each interval is the intersection of the two
@@ -30,7 +30,8 @@ from torch import Tensor
 
 from . import patches
 from .graph_ops import relu_relaxation
-from .etb import _abs_sum_directions, _apply_directions, forward_step, spec_directions, spec_values
+from .directions import abs_sum_directions, apply_directions, spec_directions, spec_values
+from .etb import forward_step
 from .ibp import ibp_stage, relu_interval
 from .parse import Network
 
@@ -58,7 +59,7 @@ class _Directions:
 
     def radius(self, D, r: Tensor) -> Tensor:
         """``|D| r`` per neuron (layer layout) for D = U or L."""
-        return patches.radius(D, r) if self.in_patches else _abs_sum_directions(D)
+        return patches.radius(D, r) if self.in_patches else abs_sum_directions(D)
 
     def relax(self, U, L, a_u: Tensor, a_l: Tensor) -> None:
         """From ``a_u U`` and ``a_l L`` (the rows of each neuron scaled): the new M and Delta."""
@@ -81,9 +82,9 @@ class _Directions:
             if self.Delta is not None:
                 self.Delta = patches.apply(self.Delta, op.abs_op())
         else:
-            self.M = _apply_directions(op, self.M, "linear")
+            self.M = apply_directions(op, self.M, "linear")
             if self.Delta is not None:
-                self.Delta = _apply_directions(op.abs_op(), self.Delta, "linear")
+                self.Delta = apply_directions(op.abs_op(), self.Delta, "linear")
 
     def flatten_linear(self, weight: Tensor, r: Tensor) -> None:
         self.M = patches.flatten_linear_directions(self.M, weight, r)

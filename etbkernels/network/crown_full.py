@@ -32,11 +32,10 @@ from torch import Tensor
 
 from .._progress import progress
 from . import crown_windows
-from .crown import crown_backward, relaxation_terms, signed_unit_rows, stage_offset, upper_bounds
+from .crown_ibp import crown_backward, relaxation_terms, signed_unit_rows, stage_offset, upper_bounds
 from .crown_forward import intersect
-from .etb import BACKWARD_IMAGES
+from .pullback import BACKWARD_IMAGES
 from .ibp import ibp_stage, relu_interval
-from .layers import ChannelAffineOp, ConvOp, ReshapeOp
 from .parse import Network
 
 #: Numbers in one row group's largest tensor on a dense network (rows x samples x widest layer).
@@ -45,16 +44,16 @@ DENSE_GROUP_NUMEL = 1 << 24
 
 def prefix(net: Network, k: int) -> Network:
     """The network of stages 0 .. k, ending at stage k's output (no ReLU after it)."""
-    return Network(in_shape=net.in_shape, stages=net.stages[:k + 1])
+    return Network(in_shape=net.in_shape, stages=net.stages[:k + 1], options=net.options)
 
 
 def neuron_group(net: Network, N: int, k: int, images: Optional[int] = None) -> int:
     """Neurons of stage k per pull-back call (two rows each): about ``images`` (default
-    :data:`.etb.BACKWARD_IMAGES`) rows x samples per transposed convolution on a convolutional
+    :data:`.pullback.BACKWARD_IMAGES`) rows x samples per transposed convolution on a convolutional
     prefix; on a dense one, at most :data:`DENSE_GROUP_NUMEL` numbers in the rows' tensor."""
     h = math.prod(net.stages[k][-1].out_shape)
     stages = net.stages[:k + 1]
-    if any(isinstance(op, ConvOp) for st in stages for op in st):
+    if any(op.channels_last for st in stages for op in st):
         return max(1, min(h, (BACKWARD_IMAGES if images is None else images) // max(2 * N, 1)))
     widest = max(math.prod(s) for st in stages for op in st for s in (op.in_shape, op.out_shape))
     return max(1, min(h, DENSE_GROUP_NUMEL // max(1, 2 * N * widest)))
@@ -126,7 +125,7 @@ def crown_layers(net: Network, mu: Tensor, r: Tensor, spec: Optional[Tensor] = N
 def ibp_is_exact(stage) -> bool:
     """Whether IBP through the stage is its exact range over a box: at most one of its ops mixes
     neurons (per-channel affine maps and Flatten only scale or reorder them: ``|W D| = |W| |D|``)."""
-    return sum(not isinstance(op, (ChannelAffineOp, ReshapeOp)) for op in stage) <= 1
+    return sum(not (op.is_reshape or op.channel_scale() is not None) for op in stage) <= 1
 
 
 def graph_numel_per_sample(net: Network) -> int:

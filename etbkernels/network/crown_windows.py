@@ -27,10 +27,9 @@ import torch
 from torch import Tensor
 
 from .._progress import progress
-from .crown import signed_unit_rows
-from .layers import AvgPoolOp, ChannelAffineOp, ConvOp
+from .crown_ibp import signed_unit_rows
 from .parse import Network
-from .patches import _tap_matmul
+from .patches import tap_matmul
 
 #: Numbers in the largest tensor of one call (samples x positions x rows x window), about a
 #: last-level cache.
@@ -42,19 +41,15 @@ PROGRESS_CALLS = 200
 
 def applies(net: Network) -> bool:
     """Whether every op of ``net`` maps windows to windows and its output is a (C, H, W) grid."""
-    return net.options.conv_windows and len(net.out_shape) == 3 and all(isinstance(op, (ConvOp, AvgPoolOp, ChannelAffineOp))
-                                                       for st in net.stages for op in st)
-
-
-def _conv_of(op):
-    return op._conv if isinstance(op, AvgPoolOp) else op
+    return net.options.conv_windows and len(net.out_shape) == 3 and all(op.keeps_windows()
+                                                                        for st in net.stages for op in st)
 
 
 def _grow(op, shape: Tuple[int, int]) -> Tuple[int, int]:
     """The window size on ``op``'s input grid of a window of ``shape`` on its output grid."""
-    if isinstance(op, ChannelAffineOp):
+    conv = op.window_conv()
+    if conv is None:  # a per-channel scale
         return shape
-    conv = _conv_of(op)
     k = conv.weight.shape[2:]
     return tuple((shape[d] - 1) * conv.stride[d] + conv.dilation[d] * (k[d] - 1) + 1 for d in range(2))
 
@@ -77,9 +72,9 @@ class _Windows:
 
     def through(self, op) -> None:
         """Moves the windows to ``op``'s input grid."""
-        if isinstance(op, ChannelAffineOp):
+        conv = op.window_conv()
+        if conv is None:  # a per-channel scale
             return
-        conv = _conv_of(op)
         self.size = _grow(op, self.size)
         self.y0 = self.y0 * conv.stride[0] - conv.padding[0]
         self.x0 = self.x0 * conv.stride[1] - conv.padding[1]
@@ -113,9 +108,9 @@ class _Windows:
 def _transpose(op, lam: Tensor, win: _Windows) -> Tensor:
     """``op``'s transpose of rows ``lam`` (B, Pb, R, h, w, C_out) on the windows ``win`` (moved to
     the input grid here): (B, Pb, R, h', w', C_in), zero off the input grid."""
-    if isinstance(op, ChannelAffineOp):
-        return lam * op.scale.flatten()
-    conv = _conv_of(op)
+    conv = op.window_conv()
+    if conv is None:  # a per-channel scale
+        return lam * op.channel_scale()
     lead, (h, w, Co) = lam.shape[:3], lam.shape[3:]
     kh, kw = conv.weight.shape[2:]
     (s0, s1), (d0, d1) = conv.stride, conv.dilation
@@ -125,7 +120,7 @@ def _transpose(op, lam: Tensor, win: _Windows) -> Tensor:
     out = lam.new_zeros((math.prod(lead),) + win.size + (Ci,))
     for a in range(kh):
         for e in range(kw):
-            tap = _tap_matmul(x, conv.weight[:, :, a, e], conv.groups, transpose=True).reshape(-1, h, w, Ci)
+            tap = tap_matmul(x, conv.weight[:, :, a, e], conv.groups, transpose=True).reshape(-1, h, w, Ci)
             out[:, a * d0: a * d0 + s0 * (h - 1) + 1: s0, e * d1: e * d1 + s1 * (w - 1) + 1: s1] += tap
     out = out.reshape(lead + win.size + (Ci,))
     if win.all_inside(*op.in_shape[1:]):

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .build import Graph
-from .etb import spec_directions, spec_values
+from .directions import spec_directions, spec_values
 from .layers import numel
 
 CR = Tuple[Tensor, Tensor]

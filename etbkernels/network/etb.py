@@ -22,21 +22,12 @@ import torch
 from torch import Tensor
 
 from . import patches
+from .directions import abs_sum_directions, apply_directions, spec_directions, spec_values
 from .etb_tail import lazy_tail, radius_of_rows, tail_start
-from .layers import AvgPoolOp, ConvOp, FlattenOp, LinearOp, ReshapeOp
 from .parse import Network
+from .pullback import channels_last_like_rows, output_rows, pull_back_stage, row_group
 
 CR = Tuple[Tensor, Tensor]  # (center, radius)
-
-
-def _apply_directions(op, D: Tensor, fn: str) -> Tensor:
-    """Applies ``op.<fn>`` to a (N, n, *in_shape) batch of directions."""
-    N, n = D.shape[0], D.shape[1]
-    D4 = D.reshape((N * n,) + tuple(op.in_shape))
-    if isinstance(op, ConvOp) and D4.dim() == 4:  # oneDNN convolutions are faster channels-last
-        D4 = D4.contiguous(memory_format=torch.channels_last)
-    out = getattr(op, fn)(D4)
-    return out.reshape((N, n) + tuple(op.out_shape))
 
 
 def _use_patches(net: Network) -> bool:
@@ -84,14 +75,14 @@ def forward_numel_per_sample(net: Network, total: bool = False) -> int:
             out = 1
             for d in op.out_shape:
                 out *= d
-            if patch and isinstance(op, FlattenOp) and i + 1 < len(stage) and isinstance(stage[i + 1], LinearOp):
+            if patch and _flatten_linear(stage, i):
                 # fused Flatten + Linear (flatten_linear_directions): (H W, C0 R^2, out) products
                 out = stage[i + 1].out_shape[0]
                 peak = _acc(peak, op.in_shape[1] * op.in_shape[2] * c0 * rh * rw * out)
                 patch = False
             if patch and patches.supports(op):
-                conv = op._conv if isinstance(op, AvgPoolOp) else op
-                if isinstance(conv, ConvOp):
+                conv = op.window_conv()
+                if conv is not None:
                     kh, kw = conv.weight.shape[2:]
                     rh2, rw2 = rh + (kh - 1) * conv.dilation[0] * sh, rw + (kw - 1) * conv.dilation[1] * sw
                     if c0 * rh2 * rw2 < n or k == 0:
@@ -106,12 +97,6 @@ def forward_numel_per_sample(net: Network, total: bool = False) -> int:
                 patch = False
             peak = _acc(peak, n * out)
     return sum(sizes) if total else peak
-
-
-def _abs_sum_directions(D: Tensor) -> Tensor:
-    """``sum_i |D[:, i]|`` over the directions (dim 1): the radius. Not ``vector_norm(ord=1)``,
-    which reduces a middle dimension 2-3x slower on CPU (bench/micro_network_ops.py)."""
-    return D.abs().sum(1)
 
 
 def _next_activation(z: Tensor, s: Tensor, center_at: str) -> Tensor:
@@ -155,7 +140,7 @@ def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
         z = op.forward(z)
     out: List[CR] = []
     for k in range(1, len(net.stages)):
-        radius = patches.radius(P, r) if P is not None else _abs_sum_directions(D)
+        radius = patches.radius(P, r) if P is not None else abs_sum_directions(D)
         out.append((z, radius))
         s = (z + radius > 0).to(z.dtype).detach() if masks is None else masks[k - 1]
         # without a graph the masks go in place (no new tensor): P and D are this chunk's own,
@@ -184,14 +169,14 @@ def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
             if P is not None:
                 P = patches.apply(P, op)
             else:
-                D = _apply_directions(op, D, "linear")
+                D = apply_directions(op, D, "linear")
             z = op.forward(z)
             i += 1
     if P is not None:
         D = patches.to_directions(P, r)
     if spec is not None:
         D, z = spec_directions(D.flatten(2), spec), spec_values(z.flatten(1), spec)
-    out.append((z, _abs_sum_directions(D)))
+    out.append((z, abs_sum_directions(D)))
     return out
 
 
@@ -214,6 +199,11 @@ def out_rows(net: Network, spec: Optional[Tensor]) -> int:
     return spec.shape[-2] if spec is not None else math.prod(net.out_shape)
 
 
+def _flatten_linear(ops, i: int) -> bool:
+    """Whether ops[i] is a Flatten followed by a Linear layer (one fused step from patches)."""
+    return ops[i].is_flatten and i + 1 < len(ops) and ops[i + 1].dense_weight() is not None
+
+
 def forward_step(ops, i: int, patch, n: int) -> str:
     """How the forward paths take ``ops[i]`` while the Jacobian is in patches form ``patch`` (None:
     dense): "flatten_linear" (Flatten + Linear straight from patches: two ops), "densify" (to dense
@@ -221,47 +211,11 @@ def forward_step(ops, i: int, patch, n: int) -> str:
     if patch is None:
         return "apply"
     op = ops[i]
-    if isinstance(op, FlattenOp) and i + 1 < len(ops) and isinstance(ops[i + 1], LinearOp):
+    if _flatten_linear(ops, i):
         return "flatten_linear"
     if not (patches.supports(op) and patches.grown_size(patch, op) < n):
         return "densify"
     return "apply"
-
-
-def spec_directions(D: Tensor, spec: Tensor) -> Tensor:
-    """Directions (N, n, out) of the output mapped to spec rows: (N, n, K); spec (K, out) or (N, K, out)."""
-    return D @ spec.T if spec.dim() == 2 else torch.einsum("nim,nkm->nik", D, spec)
-
-
-def spec_values(z: Tensor, spec: Tensor) -> Tensor:
-    """Output values (N, out) mapped to spec rows: (N, K)."""
-    return z @ spec.T if spec.dim() == 2 else torch.einsum("nm,nkm->nk", z, spec)
-
-
-def output_rows(net: Network, N: int, dtype, device, spec: Optional[Tensor] = None) -> Tensor:
-    """The rows pulled back from the output, (N, K, *out_shape): the identity, or the spec's rows."""
-    out_dim = tuple(net.out_shape)
-    if spec is None:
-        m = math.prod(out_dim)
-        rows = torch.eye(m, dtype=dtype, device=device).expand(N, m, m)
-    else:
-        rows = spec.expand(N, -1, -1) if spec.dim() == 2 else spec
-    return rows.reshape((N, rows.shape[1]) + out_dim)
-
-
-def row_group(net: Network, N: int, K: int, images: Optional[int] = None) -> int:
-    """Rows per backward call: for convolutional nets about ``images`` (default
-    ``BACKWARD_IMAGES``) images (samples x rows) per transposed convolution (oneDNN: medium CNN, N = 256, 2 cores: 0.69 s in groups of
-    256 or 512 images, 0.96 s in one batch of 2560); dense nets keep all rows in one matmul."""
-    if any(isinstance(op, ConvOp) for stage in net.stages for op in stage):
-        return max(1, (BACKWARD_IMAGES if images is None else images) // max(N, 1))
-    return max(K, 1)
-
-
-def channels_last_like_rows(t: Tensor) -> Tensor:
-    """A per-neuron tensor (N, C, H, W) in the channels-last order of rows pulled back through a
-    convolution (:func:`pull_back_stage`), so elementwise products with them keep one layout."""
-    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
 
 def output_center(net: Network, mu: Tensor, center_at: str, masks: Sequence[Tensor]) -> Tensor:
@@ -299,32 +253,6 @@ def etb_backward(net: Network, mu: Tensor, r: Tensor, center_at: str, masks: Seq
     masks = [channels_last_like_rows(m) for m in masks]
     radius = torch.cat([_pull_back(net, lam[:, k0:k0 + group], masks, r) for k0 in range(0, K, group)], dim=1)
     return z, radius
-
-
-# Images (samples x spec rows) per backward call: see row_group.
-BACKWARD_IMAGES = 512
-
-
-def pull_back_stage(stage, lam: Tensor) -> Tuple[Tensor, bool]:
-    """Rows ``lam`` (N, K, *stage out_shape) times the stage's linear part: (N, K, *stage in_shape).
-
-    Also says whether the result is a new tensor (every op but Flatten makes one; a Flatten-only
-    stage returns a view of ``lam``), so a caller knows when it may write in place."""
-    N, K = lam.shape[0], lam.shape[1]
-    owned = False
-    for i, op in enumerate(reversed(stage)):
-        if i == 0 and isinstance(op, LinearOp) and lam.dim() == 3:
-            lam = torch.matmul(lam, op.weight)  # (N, K, out) @ (out, in)
-        else:
-            lam4 = lam.reshape((N * K,) + tuple(op.out_shape))
-            if isinstance(op, ConvOp) and lam4.dim() == 4:
-                # oneDNN's transposed convolution is up to ~2x faster on channels-last input,
-                # and its output stays channels-last: convert once, at the first conv.
-                lam4 = lam4.contiguous(memory_format=torch.channels_last)
-            lam = op.transpose(lam4)
-            lam = lam.reshape((N, K) + tuple(op.in_shape))
-        owned = owned or not isinstance(op, ReshapeOp)
-    return lam, owned
 
 
 def _pull_back(net: Network, lam: Tensor, masks: Sequence[Tensor], r: Tensor) -> Tensor:

@@ -27,7 +27,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .layers import FlattenOp, LinearOp
+from .layers import LinearOp
 from .parse import Network
 
 #: Relative slack on the cheap upper bound, so that rounding (ub and the exact radius are summed
@@ -37,9 +37,9 @@ UB_SLACK = 1e-3
 
 def _linear_of(stage, k: int) -> Optional[LinearOp]:
     """The stage's Linear layer if the stage is one Linear (stage 0 may flatten its input first)."""
-    if len(stage) == 1 and isinstance(stage[0], LinearOp):
+    if len(stage) == 1 and stage[0].dense_weight() is not None:
         return stage[0]
-    if k == 0 and len(stage) == 2 and isinstance(stage[0], FlattenOp) and isinstance(stage[1], LinearOp):
+    if k == 0 and len(stage) == 2 and stage[0].is_flatten and stage[1].dense_weight() is not None:
         return stage[1]
     return None
 

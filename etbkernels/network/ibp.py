@@ -45,7 +45,7 @@ def ibp_stage(ops, c: Tensor, r: Tensor, spec: Optional[Tensor] = None):
     """IBP (centre, radius) through one stage's ops; ``spec`` (for the last stage) is folded into a
     final Linear, else applied to the output's interval (flattened)."""
     for i, op in enumerate(ops):
-        if spec is not None and i == len(ops) - 1 and isinstance(op, LinearOp):
+        if spec is not None and i == len(ops) - 1 and op.dense_weight() is not None:
             return _linear_with_spec(op, spec, c, r)
         c, r = op.forward(c), op.abs_linear(r)
     if spec is not None:

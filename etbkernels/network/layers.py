@@ -41,6 +41,31 @@ class AffineOp:
     in_shape: Shape
     out_shape: Shape
     affine = True
+    #: the op only moves numbers around (a reshape): rows through it stay views, IBP through it is exact
+    is_reshape = False
+    #: a reshape to one dimension: the forward paths take Flatten + Linear as one step
+    is_flatten = False
+    #: convolutions run faster on channels-last images (oneDNN): directions and rows are kept so
+    channels_last = False
+
+    def window_conv(self) -> Optional["ConvOp"]:
+        """This op as a convolution (Conv2d, AvgPool2d), or None: the conv-path hooks (patches,
+        full CROWN's windows) need its kernel, stride, padding and dilation."""
+        return None
+
+    def channel_scale(self) -> Optional[Tensor]:
+        """Its per-channel scale (C,) if it only scales (and shifts) each channel, else None: such an
+        op keeps patches and windows as they are."""
+        return None
+
+    def dense_weight(self) -> Optional[Tensor]:
+        """Its weight matrix (out, in) if it is a Linear layer, else None: specs fold into it and rows
+        pull back through it with one matmul."""
+        return None
+
+    def keeps_windows(self) -> bool:
+        """Whether it maps receptive windows to windows (a convolution, or a per-channel scale)."""
+        return self.window_conv() is not None or self.channel_scale() is not None
 
     @property
     def in_shapes(self):
@@ -94,6 +119,9 @@ class LinearOp(AffineOp):
     def abs_op(self):
         return LinearOp(self.weight.abs(), None, self.in_shape)
 
+    def dense_weight(self):
+        return self.weight
+
 
 class ConvOp(AffineOp):
     """``conv2d(x, W, b)`` with stride, padding, dilation and groups (zero padding only)."""
@@ -124,8 +152,13 @@ class ConvOp(AffineOp):
     def _conv(self, x, w, b=None):
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
 
+    channels_last = True
+
     def abs_op(self):
         return ConvOp(self.weight.abs(), None, self.stride, self.padding, self.dilation, self.groups, self.in_shape)
+
+    def window_conv(self):
+        return self
 
     def forward(self, x):
         return self._conv(x, self.weight, self.bias)
@@ -170,6 +203,9 @@ class ChannelAffineOp(AffineOp):
     def abs_op(self):
         return ChannelAffineOp(self.scale.abs(), None, self.in_shape)
 
+    def channel_scale(self):
+        return self.scale.flatten()
+
 
 class AvgPoolOp(AffineOp):
     """``avg_pool2d`` (count_include_pad=True, floor mode): a linear map with weights >= 0."""
@@ -192,9 +228,14 @@ class AvgPoolOp(AffineOp):
     def transpose(self, y):
         return self._conv.transpose(y)
 
+    def window_conv(self):
+        return self._conv
+
 
 class ReshapeOp(AffineOp):
     """A per-sample reshape (``x.view(N, ...)``, ``x.reshape``): a permutation-free linear map."""
+
+    is_reshape = True
 
     def __init__(self, in_shape: Shape, out_shape: Shape):
         if numel(in_shape) != numel(out_shape):
@@ -213,6 +254,8 @@ class ReshapeOp(AffineOp):
 
 class FlattenOp(ReshapeOp):
     """``x.flatten(1)``: the reshape to one dimension (the forward paths treat Flatten + Linear as one step)."""
+
+    is_flatten = True
 
     def __init__(self, in_shape: Shape):
         super().__init__(in_shape, (numel(in_shape),))

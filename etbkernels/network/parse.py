@@ -5,7 +5,7 @@ stage is a short list of :mod:`~etbkernels.network.layers` ops whose composition
 map between two ReLUs. Per-channel affine layers (eval BatchNorm, input normalization, scalar
 scales and shifts) are folded into the Linear/Conv2d just before them (exact), and a per-feature
 affine map right before a Linear is folded into it; AvgPool2d stays an op of its own (it is
-already affine). The chain methods (:mod:`.ibp`, :mod:`.etb`, :mod:`.crown`, ...) run on this form;
+already affine). The chain methods (:mod:`.ibp`, :mod:`.etb`, :mod:`.crown_ibp`, ...) run on this form;
 graphs with branches or max-pool go to the graph walkers (:mod:`.dag`).
 """
 from __future__ import annotations

@@ -24,14 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layers import AvgPoolOp, ChannelAffineOp, ConvOp
 
 Patch = Tuple[Tensor, Tuple[int, int], Tuple[int, int]]  # (P, stride S, pad)
 
 
 def supports(op) -> bool:
     """Whether ``op`` maps patches to patches."""
-    return isinstance(op, (ConvOp, ChannelAffineOp, AvgPoolOp))
+    return op.keeps_windows()
 
 
 def identity(in_shape, dtype, device) -> Patch:
@@ -44,9 +43,9 @@ def identity(in_shape, dtype, device) -> Patch:
 def grown_size(patch: Patch, op) -> int:
     """C0 * R'h * R'w after ``op``: the per-neuron numbers patches would store."""
     P, S, _ = patch
-    if isinstance(op, ChannelAffineOp):
+    conv = op.window_conv()
+    if conv is None:  # a per-channel scale
         return P.shape[3] * P.shape[4] * P.shape[5]
-    conv = op._conv if isinstance(op, AvgPoolOp) else op
     kh, kw = conv.weight.shape[2:]
     return P.shape[3] * (P.shape[4] + (kh - 1) * conv.dilation[0] * S[0]) * \
         (P.shape[5] + (kw - 1) * conv.dilation[1] * S[1])
@@ -55,9 +54,9 @@ def grown_size(patch: Patch, op) -> int:
 def apply(patch: Patch, op) -> Patch:
     """``op``'s linear part applied to the patches (see the module docstring)."""
     P, S, pad = patch
-    if isinstance(op, ChannelAffineOp):
-        return P * op.scale.flatten(), S, pad
-    conv = op._conv if isinstance(op, AvgPoolOp) else op
+    conv = op.window_conv()
+    if conv is None:  # a per-channel scale
+        return P * op.channel_scale(), S, pad
     out = _PatchConv.apply(P, conv.weight, S, conv.stride, conv.padding, conv.dilation, conv.groups,
                            tuple(conv.out_shape[1:]))
     (s0, s1), (p0, p1) = conv.stride, conv.padding
@@ -75,7 +74,7 @@ def _taps(W, S, stride, dilation, out_hw):
             yield a, e, rows, cols, a * d0 * S[0], e * d1 * S[1]
 
 
-def _tap_matmul(x, w, groups, transpose=False):
+def tap_matmul(x, w, groups, transpose=False):
     """x (..., C_in) @ w[:, :, a, e]^T per group; ``transpose``: x (..., C_out) @ w (grad wrt input)."""
     Co, Cg = w.shape
     if groups == 1:
@@ -104,7 +103,7 @@ class _PatchConv(torch.autograd.Function):
         Rh2, Rw2 = Rh + (kh - 1) * dilation[0] * S[0], Rw + (kw - 1) * dilation[1] * S[1]
         out = P.new_zeros(B, out_hw[0], out_hw[1], C0, Rh2, Rw2, Co)
         for a, e, rows, cols, u0, v0 in _taps(W, S, stride, dilation, out_hw):
-            out[:, :, :, :, u0:u0 + Rh, v0:v0 + Rw] += _tap_matmul(Pp[:, rows, cols], W[:, :, a, e], groups)
+            out[:, :, :, :, u0:u0 + Rh, v0:v0 + Rw] += tap_matmul(Pp[:, rows, cols], W[:, :, a, e], groups)
         ctx.save_for_backward(P, W)
         ctx.meta = (S, stride, padding, dilation, groups, out_hw)
         return out
@@ -123,7 +122,7 @@ class _PatchConv(torch.autograd.Function):
         for a, e, rows, cols, u0, v0 in _taps(W, S, stride, dilation, out_hw):
             g = grad_out[:, :, :, :, u0:u0 + Rh, v0:v0 + Rw]
             if need_p:
-                gPp[:, rows, cols] += _tap_matmul(g, W[:, :, a, e], groups, transpose=True)
+                gPp[:, rows, cols] += tap_matmul(g, W[:, :, a, e], groups, transpose=True)
             if need_w:
                 x = Pp[:, rows, cols]
                 if x.shape[0] != g.shape[0]:

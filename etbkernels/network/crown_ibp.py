@@ -11,7 +11,7 @@ Robust Neural Networks", ICLR 2020), replacing each ReLU by a linear bound that 
 For an upper bound a row's positive coefficients take the upper line and its negative ones the
 lower line; a lower bound of row c is minus the upper bound of -c. At the input the linear
 function ``lam x + bias`` is bounded over the box: ``lam mu + |lam| r + bias``. The pull-back
-is the same as ETB's ``mask="ibp"`` one (:func:`.etb.pull_back_stage`), with 2K rows.
+is the same as ETB's ``mask="ibp"`` one (:func:`.pullback.pull_back_stage`), with 2K rows.
 
 Sound up to floating-point rounding, like IBP: these bounds may be called verified.
 """
@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .etb import channels_last_like_rows, output_rows, pull_back_stage, row_group
+from .pullback import channels_last_like_rows, output_rows, pull_back_stage, row_group
 from .graph_ops import relu_relaxation
 from .parse import Network
 
@@ -53,7 +53,7 @@ def crown_backward(net: Network, mu: Tensor, r: Tensor, pre: Sequence[Tuple[Tens
         pre: one ``(lower, upper)`` pair (N, *stage shape) per ReLU: sound pre-activation bounds
             (IBP's in CROWN-IBP; CROWN forward's in ``method="crown-forward"``).
         spec: optional (N, K, out) or (K, out).
-        images_per_call: rows per transposed convolution, as in ETB's pull-back (:func:`.etb.row_group`).
+        images_per_call: rows per transposed convolution, as in ETB's pull-back (:func:`.pullback.row_group`).
 
     Returns:
         (lower, upper), each (N, K).
