@@ -52,17 +52,7 @@ def _clip_end(x: Tensor, v, i: int) -> Tensor:
     number or a real tensor broadcastable to x, or holds NaN."""
     name = f"clip[{i}] ({('low', 'high')[i]})"
     if isinstance(v, Tensor):
-        require_dense("bounds", name, v)
-        require_not_huge_expanded("bounds", name, v)
-        if v.is_complex() or v.dtype == torch.bool:
-            raise TypeError(f"bounds: {name} must be a real tensor or a number, got {v.dtype}")
-        if v.device != x.device:
-            raise ValueError(f"bounds: {name} is on {v.device} but x is on {x.device}")
-        try:
-            v = torch.broadcast_to(v.to(x.dtype), x.shape)
-        except RuntimeError:
-            raise ValueError(f"bounds: {name} of shape {tuple(v.shape)} does not broadcast to x of shape "
-                             f"{tuple(x.shape)}") from None
+        v = _like_x(x, name, v, lambda t: t.is_complex() or t.dtype == torch.bool, "a real tensor or a number")
         if bool(v.detach().isnan().any()):
             raise ValueError(f"bounds: {name} holds NaN")
         return v
@@ -72,6 +62,21 @@ def _clip_end(x: Tensor, v, i: int) -> Tensor:
         return torch.tensor(float(v), dtype=x.dtype, device=x.device).expand(x.shape)
     raise TypeError(f"bounds: {name} must be a number or a tensor, got {type(v).__name__}"
                     + (" (use -math.inf or math.inf for no bound)" if v is None else ""))
+
+
+def _like_x(x: Tensor, name: str, v: Tensor, bad_dtype, want: str) -> Tensor:
+    """Tensor argument ``v`` checked (dense, not a huge expanded view, dtype, device) and broadcast to x."""
+    require_dense("bounds", name, v)
+    require_not_huge_expanded("bounds", name, v)
+    if bad_dtype(v):
+        raise TypeError(f"bounds: {name} must be {want}, got {v.dtype}")
+    if v.device != x.device:
+        raise ValueError(f"bounds: {name} is on {v.device} but x is on {x.device}")
+    try:
+        return torch.broadcast_to(v.to(x.dtype), x.shape)
+    except RuntimeError:
+        raise ValueError(f"bounds: {name} of shape {tuple(v.shape)} does not broadcast to x of shape "
+                         f"{tuple(x.shape)}") from None
 
 
 def _at(t: Tensor, idx) -> str:
@@ -85,17 +90,7 @@ def box(x: Tensor, eps, clip):
             raise ValueError(f"bounds: eps must be >= 0, got {eps}")
         eps_t = torch.full_like(x, float(eps))
     elif isinstance(eps, Tensor):
-        require_dense("bounds", "eps", eps)
-        require_not_huge_expanded("bounds", "eps", eps)
-        if not eps.is_floating_point():
-            raise TypeError(f"bounds: eps must be a floating-point tensor or a number, got {eps.dtype}")
-        if eps.device != x.device:
-            raise ValueError(f"bounds: eps is on {eps.device} but x is on {x.device}")
-        try:
-            eps_t = torch.broadcast_to(eps.to(x.dtype), x.shape)
-        except RuntimeError:
-            raise ValueError(f"bounds: eps of shape {tuple(eps.shape)} does not broadcast to x of shape "
-                             f"{tuple(x.shape)}") from None
+        eps_t = _like_x(x, "eps", eps, lambda t: not t.is_floating_point(), "a floating-point tensor or a number")
         if bool((eps_t.detach() < 0).any()):
             raise ValueError("bounds: eps must be >= 0 everywhere")
     else:

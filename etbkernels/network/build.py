@@ -16,8 +16,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .graph_ops import AddOp, CatOp, ElementAffineOp, MaxPoolOp, ReluOp
-from .layers import AvgPoolOp, ChannelAffineOp, ConvOp, FlattenOp, LinearOp, ReshapeOp, Shape
+from .graph_ops import AddOp, CatOp, MaxPoolOp, ReluOp
+from .layers import AvgPoolOp, ChannelAffineOp, ConvOp, ElementAffineOp, FlattenOp, LinearOp, ReshapeOp, Shape
 from .normalize import Normalize
 from .trace import Traced, cached_trace, describe, leaf_base, module_name
 
@@ -246,12 +246,7 @@ def _avg_pool(c: _Ctx):
         raise c.refuse("ceil_mode / divisor_override")
     if not include_pad and _pair(padding) != (0, 0):
         raise c.refuse("count_include_pad=False with padding")
-    x = c.args()[0]
-    shape = c.shape_of(x)
-    if len(shape) != 3:
-        raise c.refuse(f"needs (C, H, W) input, got per-sample shape {shape}")
-    kernel = _pair(kernel)
-    stride = kernel if stride is None or stride == [] else _pair(stride)
+    x, shape, kernel, stride = _pool_input(c, kernel, stride)
     return AvgPoolOp(kernel, stride, _pair(padding), shape, c.ref.dtype, c.ref.device), [x]
 
 
@@ -280,13 +275,18 @@ def _max_pool(c: _Ctx):
             ("ceil_mode", 5, False), ("return_indices", 6, False)))
     if ceil or indices or _pair(dilation) != (1, 1):
         raise c.refuse("ceil_mode, return_indices or dilation != 1")
+    x, shape, kernel, stride = _pool_input(c, kernel, stride)
+    return MaxPoolOp(kernel, stride, _pair(padding), shape), [x]
+
+
+def _pool_input(c: _Ctx, kernel, stride):
+    """(input node, its (C, H, W) shape, kernel pair, stride pair: the kernel's when not given)."""
     x = c.args()[0]
     shape = c.shape_of(x)
     if len(shape) != 3:
         raise c.refuse(f"needs (C, H, W) input, got per-sample shape {shape}")
     kernel = _pair(kernel)
-    stride = kernel if stride is None or stride == [] else _pair(stride)
-    return MaxPoolOp(kernel, stride, _pair(padding), shape), [x]
+    return x, shape, kernel, kernel if stride is None or stride == [] else _pair(stride)
 
 
 @handles(functions=(torch.mean,), methods=("mean",))

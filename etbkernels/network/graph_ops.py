@@ -63,30 +63,6 @@ class AddOp(AffineOp):
         return [y, y if self.sign > 0 else -y]
 
 
-class ElementAffineOp(AffineOp):
-    """``x * scale + shift`` with constant tensors that broadcast to the per-sample shape (e.g. a
-    learned per-position offset, ``x - self.mean`` with a mean per pixel)."""
-
-    def __init__(self, scale: Tensor, shift, shape: Shape):
-        self.in_shape = self.out_shape = tuple(shape)
-        self.scale, self.shift = scale, shift
-
-    def forward(self, x):
-        return x * self.scale if self.shift is None else x * self.scale + self.shift
-
-    def linear(self, x):
-        return x * self.scale
-
-    def abs_linear(self, r):
-        return r * self.scale.abs()
-
-    def transpose(self, y):
-        return y * self.scale
-
-    def abs_op(self):
-        return ElementAffineOp(self.scale.abs(), None, self.in_shape)
-
-
 class CatOp(AffineOp):
     """``torch.cat`` of several branches along per-sample dimension ``dim``."""
 

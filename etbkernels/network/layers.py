@@ -179,14 +179,13 @@ class ConvOp(AffineOp):
                                   self.groups, self.dilation)
 
 
-class ChannelAffineOp(AffineOp):
-    """``x * scale + shift`` per channel (dimension 1): eval BatchNorm, input normalization."""
+class ElementAffineOp(AffineOp):
+    """``x * scale + shift`` with constant tensors that broadcast to the per-sample shape (e.g. a
+    learned per-position offset, ``x - self.mean`` with a mean per pixel)."""
 
     def __init__(self, scale: Tensor, shift: Optional[Tensor], in_shape: Shape):
-        view = (-1,) + (1,) * (len(in_shape) - 1)
-        self.scale = scale.reshape(view)
-        self.shift = None if shift is None else shift.reshape(view)
-        self.in_shape = self.out_shape = in_shape
+        self.in_shape = self.out_shape = tuple(in_shape)
+        self.scale, self.shift = scale, shift
 
     def forward(self, x):
         return x * self.scale if self.shift is None else x * self.scale + self.shift
@@ -199,6 +198,18 @@ class ChannelAffineOp(AffineOp):
 
     def transpose(self, y):
         return y * self.scale
+
+    def abs_op(self):
+        return ElementAffineOp(self.scale.abs(), None, self.in_shape)
+
+
+class ChannelAffineOp(ElementAffineOp):
+    """``x * scale + shift`` per channel (dimension 1): eval BatchNorm, input normalization, scalars;
+    folded into a neighbouring Linear/Conv2d in a chain, and kept by patches and windows."""
+
+    def __init__(self, scale: Tensor, shift: Optional[Tensor], in_shape: Shape):
+        view = (-1,) + (1,) * (len(in_shape) - 1)
+        super().__init__(scale.reshape(view), None if shift is None else shift.reshape(view), in_shape)
 
     def abs_op(self):
         return ChannelAffineOp(self.scale.abs(), None, self.in_shape)
