@@ -81,6 +81,12 @@ BENCHMARKS = (
     Benchmark("triton_sweep", "bench.triton_sweep",
               "tile sweep of the Triton tensor-core radius kernels (forward, T, weight gradients)",
               ("triton_sweep_*",), requires=requirements.gpu_triton),
+    Benchmark("network_gpu", "bench.gpu_network",
+              "on a GPU: bounds() (IBP, ETB both masks, CROWN-IBP), per-logit autograd, auto_LiRPA, and one "
+              "training step per method on the small and medium CNN", ("network_gpu_*",), requires=requirements.gpu),
+    Benchmark("masked_fwd_gpu", "bench.gpu_masked_fwd",
+              "block forward against the active fraction: which CUDA kernels (mma.sync, FFMA) skip inactive units",
+              ("masked_fwd_gpu_*",), requires=requirements.gpu),
     Benchmark("auto_lirpa_old_torch", "bench.auto_lirpa_old_torch",
               "auto_LiRPA 0.3's bounds under torch 1.13 against its bounds here, ours and PGD",
               ("auto_lirpa_old_torch",), requires=requirements.auto_lirpa,
