@@ -58,9 +58,14 @@ def pgd_output_range(fn: Callable[[Tensor], Tensor], lower_in: Tensor, upper_in:
     return found_min, found_max
 
 
+def default_step_size(eps: float, steps: int) -> float:
+    """:func:`pgd_attack`'s default step: ``max(2.5 * eps / steps, eps / 4)`` (eps / 4 from 10 steps on)."""
+    return max(2.5 * eps / max(steps, 1), eps / 4)
+
+
 def pgd_attack(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, eps: float, *, steps: int = 40,
                restarts: int = 1, step_size: float | None = None, clip: Tuple[float, float] | None = (0.0, 1.0),
-               seed: int = 0) -> Tuple[Tensor, Tensor]:
+               seed: int = 0, any_step: bool = True) -> Tuple[Tensor, Tensor]:
     """L-inf PGD against the true labels (untargeted, cross-entropy, random start, restarts).
 
     Args:
@@ -69,14 +74,20 @@ def pgd_attack(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, eps: flo
         eps: L-inf radius (>= 0) in the same units.
         steps, restarts: PGD iterations per restart and random restarts; a sample counts as
             broken if any restart breaks it.
-        step_size: defaults to max(2.5 * eps / steps, eps / 4): 2.5 * eps / steps up to 10 steps,
-            eps / 4 from then on.
+        step_size: defaults to :func:`default_step_size`, max(2.5 * eps / steps, eps / 4):
+            2.5 * eps / steps up to 10 steps, eps / 4 from then on.
         clip: valid input range the adversarial point must stay in, or None.
+        seed: seed of the random starts (a CPU generator of its own; the global RNG is untouched).
+        any_step: True (default): a sample counts as broken if the model misclassifies ANY point
+            the attack visits (the random start and every step of every restart). False: the old
+            rule, judged at the last point of each restart only (kept for comparisons; it can
+            report more robust samples than the attack found counterexamples for).
 
     Returns:
-        (x_adv, still_correct): per sample, a misclassified point where a restart ended on one, else
+        (x_adv, still_correct): per sample, a misclassified point where the attack found one, else
         the highest-loss correctly classified point it visited (for adversarial training); and a
-        bool (N,) mask of the samples it did not break (judged at the end of each restart).
+        bool (N,) mask of the samples it did not break. With ``any_step`` the misclassified point
+        is the highest-loss one visited; without, a restart's last point.
     """
     if not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"pgd_attack: eps must be finite and >= 0, got {eps}")
@@ -86,7 +97,7 @@ def pgd_attack(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, eps: flo
         raise ValueError(f"pgd_attack: need steps >= 0 and restarts >= 1, got {steps}, {restarts}")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"pgd_attack: x has {x.shape[0]} samples but y has {y.shape[0]}")
-    step = step_size if step_size is not None else max(2.5 * eps / max(steps, 1), eps / 4)
+    step = step_size if step_size is not None else default_step_size(eps, steps)
     x = x.detach()  # the attack's points are leaves, whatever x's graph
     lo, hi = x - eps, x + eps
     if clip is not None:
@@ -96,7 +107,8 @@ def pgd_attack(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, eps: flo
     with torch.no_grad():
         logits = model(x)
         correct = logits.argmax(1) == y
-        best_loss = F.cross_entropy(logits, y, reduction="none")  # of x_best, for unbroken samples
+        best_loss = F.cross_entropy(logits, y, reduction="none")  # of x_best
+    best_wrong = ~correct  # any_step: x_best is a misclassified point
     for _ in range(restarts):
         u = torch.rand(x.shape, generator=g).to(x)
         xa = (lo + u * (hi - lo)).detach()
@@ -105,17 +117,26 @@ def pgd_attack(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, eps: flo
             with torch.set_grad_enabled(it < steps):
                 logits = model(xa)
                 loss = F.cross_entropy(logits, y, reduction="none")
-            # an unbroken sample keeps the highest-loss point seen that the model still gets right
-            # (for adversarial training; a sample counts as broken by a restart's last point only)
-            better = correct & (loss.detach() > best_loss) & (logits.detach().argmax(1) == y)
+            lossd, wrong = loss.detach(), logits.detach().argmax(1) != y
+            if any_step:
+                # a misclassified point beats any correct one; among equals, the higher loss wins
+                better = (wrong & (~best_wrong | (lossd > best_loss))) | (~wrong & ~best_wrong & (lossd > best_loss))
+                best_wrong = best_wrong | wrong
+            else:
+                # an unbroken sample keeps the highest-loss point seen that the model still gets right
+                # (for adversarial training; a sample counts as broken by a restart's last point only)
+                better = correct & (lossd > best_loss) & ~wrong
             x_best[better] = xa.detach()[better]
-            best_loss = torch.where(better, loss.detach(), best_loss)
+            best_loss = torch.where(better, lossd, best_loss)
             if it == steps:
                 break
             (grad,) = torch.autograd.grad(loss.sum(), xa)
             xa = torch.minimum(torch.maximum(xa.detach() + step * grad.sign(), lo), hi)
-        fooled = logits.detach().argmax(1) != y
-        newly = fooled & correct
-        x_best[newly] = xa.detach()[newly]
-        correct &= ~fooled
+        if not any_step:
+            fooled = logits.detach().argmax(1) != y
+            newly = fooled & correct
+            x_best[newly] = xa.detach()[newly]
+            correct &= ~fooled
+    if any_step:
+        correct = ~best_wrong
     return x_best, correct

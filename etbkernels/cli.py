@@ -160,13 +160,15 @@ def _device(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m etbkernels`` parser: subcommands train, eval and plot with their options."""
     from .training.data import DATASETS, MODELS
+    from .training.loop import METHODS
 
     p = argparse.ArgumentParser(prog="python -m etbkernels", formatter_class=HelpFormatter,
                                 description="Robust training and evaluation with ETB (expected bounds, not "
-                                            "certificates) or IBP (sound) interval bounds.")
+                                            "certificates), IBP or CROWN-IBP (sound) bounds, or PGD.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model (nominal, IBP or ETB)", formatter_class=HelpFormatter,
+    t = sub.add_parser("train", help="train a model (nominal, PGD, IBP, CROWN-IBP, ETB or an honest ETB variant)",
+                       formatter_class=HelpFormatter,
                        description="Train; checkpoints go to OUT/checkpoint.pt each epoch (atomically). Under "
                                    "torchrun --nproc_per_node=K this runs DistributedDataParallel (gloo on CPU).")
     t.add_argument("--dataset", choices=sorted(DATASETS), default="mnist", help="data set")
@@ -174,17 +176,31 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", choices=MODELS, default="small", help="network")
     t.add_argument("--mlp-widths", type=_widths, default=[1024, 1024], help="hidden widths of --model mlp")
     t.add_argument("--no-normalize", action="store_true", help="no Normalize layer in front of the model")
-    t.add_argument("--method", choices=("nominal", "ibp", "etb"), default="etb", help="training method")
+    t.add_argument("--method", choices=METHODS, default="etb",
+                   help="training method: nominal (CE), pgd (Madry et al.), ibp, crown-ibp (Zhang et al.), etb "
+                        "(expected bounds), etb-interp, etb-attack (honest ETB variants; docs/training.md)")
     t.add_argument("--eps", type=_prob, default=0.1, help="training eps in pixel units [0, 1]")
     t.add_argument("--eps-schedule", type=_schedule, default=[0.0, 0.0], metavar="WARMUP,RAMP",
                    help="epochs at eps 0, then epochs of linear ramp to --eps (kappa ramps 1 -> --kappa alongside)")
     t.add_argument("--loss", choices=("release", "ibp_paper"),
-                   help="robust loss (default: release for etb, ibp_paper for ibp)")
-    t.add_argument("--kappa", type=_prob, default=0.5, help="ibp_paper loss: final weight of the clean CE")
+                   help="robust loss of --method etb or ibp (default: release for etb, ibp_paper for ibp; the "
+                        "other methods have their own loss)")
+    t.add_argument("--kappa", type=_prob, default=0.5,
+                   help="ibp_paper loss (ibp, crown-ibp, etb-interp, etb-attack): final weight of the clean CE")
+    t.add_argument("--beta-final", type=_prob, default=0.0, action=_StoreGiven,
+                   help="crown-ibp, etb-interp: margin lower bound = beta * (CROWN-IBP's or ETB's) + (1 - beta) * "
+                        "IBP's, beta ramping 1 -> this value over the --eps-schedule ramp")
+    t.add_argument("--pgd-train-steps", type=_positive, default=10, action=_StoreGiven,
+                   help="pgd, etb-attack: PGD steps on each training batch")
+    t.add_argument("--pgd-train-step-size", type=_pos_float, action=_StoreGiven,
+                   help="pgd, etb-attack: PGD step in pixels (default: max(2.5 * eps / steps, eps / 4) at the "
+                        "step's eps)")
+    t.add_argument("--violation-penalty", type=_nonneg_float, default=1.0, action=_StoreGiven,
+                   help="etb-attack: weight of mean relu(ETB lower bound - attacked margin)")
     t.add_argument("--lam", type=_nonneg_float, default=1.0, help="release loss: weight of the robust CE")
     t.add_argument("--temperature", type=_pos_float, default=1.0, help="release loss: normalization temperature")
     t.add_argument("--mask", choices=("ibp", "etb"), default="ibp",
-                   help="ETB masks: ibp (authors' release; fast) or etb (blockwise; ~10x slower on CNNs). "
+                   help="ETB masks (etb, etb-interp, etb-attack): ibp (authors' release; fast) or etb (blockwise; ~10x slower on CNNs). "
                         "In our runs ETB-trained networks learned to defeat ETB bounds with either mask: judge "
                         "them by PGD and IBP-verified accuracy (docs/training.md, Results)")
     t.add_argument("--epochs", type=_positive, default=1, help="epochs to train (in all, counting resumed ones)")
@@ -216,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eps", type=_prob, nargs="+", help="eval eps in pixels (default: the training eps)")
     e.add_argument("--limit", type=_positive, help="first N test images (default: all)")
     e.add_argument("--batch-size", type=_positive, default=200, help="images per batch")
-    e.add_argument("--pgd-steps", type=_pgd_steps, default=40, action=_StoreGiven, help="PGD steps per restart")
+    e.add_argument("--pgd-steps", type=_pgd_steps, default=40, action=_StoreGiven,
+                   help="PGD steps per restart; an image counts as broken if any step of any restart misclassifies it")
     e.add_argument("--pgd-restarts", type=_positive, default=1, action=_StoreGiven, help="PGD random restarts")
     e.add_argument("--pgd-step-size", type=_pos_float, action=_StoreGiven,
                    help="PGD step in pixels (default: max(2.5 * eps / steps, eps / 4))")
@@ -241,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true",
                    help="no progress (a bar on a terminal, else a line every ~10 s and at each eps' end)")
     e.set_defaults(parser=e)  # for the checks of option combinations after parsing
+    t.set_defaults(parser=t)
 
     pl = sub.add_parser("plot", help="clean vs PGD accuracy plot from eval JSON files", formatter_class=HelpFormatter)
     pl.add_argument("inputs", nargs="+", help="eval*.json files or folders holding them (searched recursively)")
@@ -249,12 +267,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: train options -> the methods they apply to
+_TRAIN_OPTION_METHODS = {
+    "--beta-final": ("crown-ibp", "etb-interp"),
+    "--pgd-train-steps": ("pgd", "etb-attack"),
+    "--pgd-train-step-size": ("pgd", "etb-attack"),
+    "--violation-penalty": ("etb-attack",),
+}
+
+
 def _check_combinations(a) -> None:
     """Refuses options that contradict each other (argparse's usage and one line, exit 2)."""
     if a.command == "eval" and a.no_pgd:
         clash = sorted(getattr(a, "given", set()))
         if clash:
             a.parser.error(f"argument --no-pgd: not allowed with {', '.join(clash)}")
+    if a.command == "train":
+        for option in sorted(getattr(a, "given", set())):
+            methods = _TRAIN_OPTION_METHODS.get(option, ())
+            if a.method not in methods:
+                a.parser.error(f"argument {option}: applies to --method {' or '.join(methods)} only, not "
+                               f"{a.method}")
+        if a.loss is not None and a.method not in ("nominal", "ibp", "etb"):
+            a.parser.error(f"argument --loss: applies to --method etb or ibp only; {a.method} has its own loss "
+                           "(docs/training.md)")
 
 
 def _train(a) -> int:
@@ -262,7 +298,9 @@ def _train(a) -> int:
 
     cfg = TrainConfig(out=a.out, dataset=a.dataset, model=a.model, method=a.method, eps=a.eps,
                       eps_warmup=a.eps_schedule[0], eps_ramp=a.eps_schedule[1], loss=a.loss, kappa=a.kappa,
-                      lam=a.lam, temperature=a.temperature, mask=a.mask, epochs=a.epochs, batch_size=a.batch_size,
+                      lam=a.lam, temperature=a.temperature, mask=a.mask, beta_final=a.beta_final,
+                      pgd_steps=a.pgd_train_steps, pgd_step_size=a.pgd_train_step_size, penalty=a.violation_penalty,
+                      epochs=a.epochs, batch_size=a.batch_size,
                       lr=a.lr, optimizer=a.optimizer, momentum=a.momentum, weight_decay=a.weight_decay,
                       lr_milestones=a.lr_milestones, lr_gamma=a.lr_gamma, seed=a.seed, device=a.device,
                       limit=a.limit, data_dir=a.data_dir, normalize=not a.no_normalize, mlp_widths=a.mlp_widths,

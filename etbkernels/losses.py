@@ -1,10 +1,12 @@
 """Robust training losses built on interval bounds, and the schedules that go with them.
 
-Both losses take bounds computed elsewhere (ETB or IBP, e.g. from ``etbkernels.bounds``), so
-either method trains with either loss. See docs/math.md, "Training losses".
+The losses take bounds computed elsewhere (ETB, IBP or CROWN-IBP, e.g. from ``etbkernels.bounds``),
+so any method trains with any loss. See docs/math.md, "Training losses", and docs/training.md
+for the training methods built from them (CROWN-IBP's beta interpolation, the honest ETB variants).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -74,11 +76,60 @@ def ibp_paper_loss(logits: Tensor, margin_lower: Tensor, y: Tensor, *, kappa: fl
     return kappa * F.cross_entropy(logits, y) + (1 - kappa) * F.cross_entropy(margin_worst_logits(margin_lower, y), y)
 
 
+def interpolated_margin_lower(tight: Tensor, ibp: Tensor, beta: float) -> Tensor:
+    """``beta * tight + (1 - beta) * ibp``: a margin lower bound between a tighter method's and IBP's.
+
+    CROWN-IBP training (Zhang et al., ICLR 2020) uses it with ``tight`` from CROWN-IBP and beta
+    ramped 1 -> 0 over the eps ramp; ``etb-interp`` training uses ETB's expected lower bound as
+    ``tight`` (then the result is no certificate either, unless beta is 0).
+
+    Args:
+        tight, ibp: lower bounds of the same margins, the same shape.
+        beta: weight of ``tight``, in [0, 1].
+    """
+    if not 0.0 <= beta <= 1.0:  # also refuses NaN
+        raise ValueError(f"interpolated_margin_lower: beta must be in [0, 1], got {beta}")
+    if tight.shape != ibp.shape:
+        raise ValueError(f"interpolated_margin_lower: the two bounds differ in shape: {tuple(tight.shape)} and "
+                         f"{tuple(ibp.shape)}")
+    return beta * tight + (1 - beta) * ibp
+
+
+def etb_attack_loss(logits: Tensor, etb_lower: Tensor, attacked_margin: Tensor, y: Tensor, *, kappa: float,
+                    penalty: float = 1.0) -> Tensor:
+    """The ``etb-attack`` training loss: the IBP-paper loss on ``min(ETB lower, attacked margin)``
+    plus ``penalty * mean_{i, j != y_i} relu(ETB lower - attacked margin)``.
+
+    An ETB lower bound above a margin value the network really takes (found by an attack) is a
+    measured violation of the expected bound: the minimum keeps the loss from trusting it, and
+    the penalty pushes the bound back below the value (and the value up).
+
+    Args:
+        logits: f(x) (N, K).
+        etb_lower: ETB lower bounds of the margins z_y - z_j, (N, K) in class order (column y: 0).
+        attacked_margin: the margins z_y - z_j at an attack point in the box (N, K) (column y: 0).
+        y: labels (N,) int64.
+        kappa: weight of the clean CE, in [0, 1]; penalty: weight of the violation term, >= 0.
+    """
+    if not (math.isfinite(penalty) and penalty >= 0):
+        raise ValueError(f"etb_attack_loss: penalty must be finite and >= 0, got {penalty}")
+    _check(logits, y, "etb_attack_loss", etb_lower)
+    if attacked_margin.shape != logits.shape:
+        raise ValueError(f"etb_attack_loss: attacked margins must have the logits' shape {tuple(logits.shape)}, got "
+                         f"{tuple(attacked_margin.shape)}")
+    N, K = logits.shape
+    if K < 2:
+        raise ValueError(f"etb_attack_loss: need at least 2 classes, got {K}")
+    lower = torch.minimum(etb_lower, attacked_margin)
+    over = F.relu(etb_lower - attacked_margin).scatter(1, y[:, None], 0.0)  # j = y is no margin
+    return ibp_paper_loss(logits, lower, y, kappa=kappa) + penalty * over.sum() / max(N * (K - 1), 1)
+
+
 @dataclass(frozen=True)
 class LinearRamp:
     """``start`` for ``warmup`` steps, then linear to ``end`` over ``ramp`` steps, then ``end``.
 
-    Used for eps (0 -> eps) and kappa (1 -> 0.5) schedules; steps are optimizer steps.
+    Used for the eps (0 -> eps), kappa (1 -> 0.5) and beta (1 -> 0) schedules; steps are optimizer steps.
     """
 
     start: float

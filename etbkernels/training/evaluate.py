@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .._progress import progress
-from ..attacks import pgd_attack, pgd_output_range
+from ..attacks import default_step_size, pgd_attack, pgd_output_range
 from ..network.api import bounds, margin_spec
 from .checkpoint import CHECKPOINT, load_run_checkpoint
 from .data import DATASETS, build_model, load_dataset
@@ -71,7 +71,9 @@ def eval_settings(checkpoint: Union[str, Path], *, eps: float, limit: Optional[i
     """The settings that decide an evaluation's numbers, as :func:`evaluate` records them under ``"settings"``
     (JSON-ready); the command line compares them with an existing result before overwriting it.
 
-    The device and thread count are left out: they change the numbers by rounding only.
+    The device and thread count are left out: they change the numbers by rounding only. The PGD
+    attack is recorded as steps, restarts, step size (as given, and as used) and ``pgd_any_step``
+    (always true: an image is broken if any step of any restart misclassifies it).
     """
     ck = Path(checkpoint)
     ck = ck / CHECKPOINT if ck.is_dir() else ck
@@ -81,6 +83,11 @@ def eval_settings(checkpoint: Union[str, Path], *, eps: float, limit: Optional[i
         "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
         "pgd_steps": pgd_steps, "pgd_restarts": pgd_restarts if pgd else None,
         "pgd_step_size": pgd_step_size if pgd else None,
+        # the step the attack used (the default rule resolved at this eps), and how it judges an image:
+        # "any step" = broken if any point of any restart is misclassified (not only a restart's last point)
+        "pgd_step_size_used": (pgd_step_size if pgd_step_size is not None else default_step_size(eps, pgd_steps))
+        if pgd else None,
+        "pgd_any_step": True if pgd else None,
         "bounds_dtype": "float64" if float64 else "float32", "etb_mask": etb_mask, "etb_center": "output",
         "violation_limit": violation_limit, "violation_steps": violation_steps,
         "violation_restarts": violation_restarts, "violation_tol": violation_tol, "seed": seed,
@@ -123,7 +130,8 @@ def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit
         eps: L-inf radius in pixels (default: the ``eps`` of the run's config, which a nominal run
             stores too although it did not train with it).
         limit: first ``limit`` test images (default all).
-        pgd_*: PGD against the true labels (random start, ``pgd_restarts`` restarts);
+        pgd_*: PGD against the true labels (random start, ``pgd_restarts`` restarts); an image
+            counts as broken if ANY step of ANY restart misclassifies it (``pgd_attack(any_step=True)``);
             ``pgd_steps=None`` skips the attack: the PGD figures are then None, not 0.
         float64: compute the bounds (and the violation attack) in float64.
         etb_mask: ETB masks ("ibp": the authors' release; "etb": blockwise).
@@ -166,7 +174,7 @@ def evaluate(checkpoint: Union[str, Path], *, eps: Optional[float] = None, limit
             clean = model(x).argmax(1) == y
         if pgd_steps is not None:
             _, robust = pgd_attack(model, x, y, eps, steps=pgd_steps, restarts=pgd_restarts,
-                                   step_size=pgd_step_size, clip=CLIP, seed=seed + bi)
+                                   step_size=pgd_step_size, clip=CLIP, seed=seed + bi, any_step=True)
         else:
             robust = None
         xb = x.to(bdtype)

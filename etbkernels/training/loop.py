@@ -1,8 +1,10 @@
-"""The training loop: nominal, IBP or ETB robust training, single process or DDP (torchrun).
+"""The training loop, single process or DDP (torchrun): nominal, PGD adversarial (Madry et al.), IBP,
+CROWN-IBP (Zhang et al.), ETB, and the honest ETB variants etb-interp and etb-attack (docs/training.md).
 
 Determinism: the model is initialised from ``seed``; epoch ``e`` visits the training images in
 the order ``randperm(N, generator=seed-derived(e))``, so a resumed run sees exactly the batches
-an uninterrupted run would. Checkpoints (atomic, each epoch) hold model, optimizer, scheduler,
+an uninterrupted run would, and the attacks of pgd and etb-attack draw their random starts
+from (seed, step). Checkpoints (atomic, each epoch) hold model, optimizer, scheduler,
 RNG state, epoch, step and the per-epoch history; ``resume=True`` continues from them.
 """
 from __future__ import annotations
@@ -25,11 +27,22 @@ from ..nn import BoundedModel
 from .checkpoint import CHECKPOINT, check_out_folder, load_run_checkpoint, save_checkpoint, write_json_atomic
 from .data import DATASETS, MODELS, build_model, load_dataset
 
-METHODS = ("nominal", "ibp", "etb")
+METHODS = ("nominal", "ibp", "etb", "crown-ibp", "pgd", "etb-interp", "etb-attack")
+#: the loss each method trains with when ``loss`` is not given; etb and ibp also accept the other of
+#: "release" / "ibp_paper", the others only their own
+DEFAULT_LOSS = {"nominal": None, "ibp": "ibp_paper", "etb": "release", "crown-ibp": "ibp_paper", "pgd": "pgd",
+                "etb-interp": "ibp_paper", "etb-attack": "etb_attack"}
+#: methods whose margin lower bound is interpolated with IBP's by the beta schedule (1 -> beta_final)
+BETA_METHODS = ("crown-ibp", "etb-interp")
+#: methods that attack each training batch with PGD (pgd_steps, pgd_step_size)
+ATTACK_METHODS = ("pgd", "etb-attack")
+#: methods whose bounds are ETB's (mask applies)
+ETB_METHODS = ("etb", "etb-interp", "etb-attack")
 #: config fields a resumed run must share with the checkpoint (the rest may change, e.g. epochs)
 _RESUME_KEYS = ("dataset", "model", "method", "eps", "eps_warmup", "eps_ramp", "loss", "kappa", "lam",
                 "temperature", "mask", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
-                "lr_milestones", "lr_gamma", "seed", "limit", "normalize", "mlp_widths")
+                "lr_milestones", "lr_gamma", "seed", "limit", "normalize", "mlp_widths", "beta_final", "pgd_steps",
+                "pgd_step_size", "penalty")
 CLIP = (0.0, 1.0)
 
 
@@ -48,8 +61,12 @@ class TrainConfig:
     eps: float = 0.1
     eps_warmup: float = 0.0          # epochs at eps 0 (kappa 1) before the ramp
     eps_ramp: float = 0.0            # epochs of linear ramp 0 -> eps (kappa 1 -> kappa)
-    loss: Optional[str] = None       # "release" | "ibp_paper"; None: release for etb, ibp_paper for ibp
+    loss: Optional[str] = None       # None: DEFAULT_LOSS[method]; etb and ibp: "release" | "ibp_paper"
     kappa: float = 0.5
+    beta_final: float = 0.0          # crown-ibp, etb-interp: beta ramps 1 -> beta_final alongside eps
+    pgd_steps: int = 10              # pgd, etb-attack: PGD steps on each training batch
+    pgd_step_size: Optional[float] = None  # None: max(2.5 * eps / steps, eps / 4) at the step's eps
+    penalty: float = 1.0             # etb-attack: weight of mean relu(ETB lower - attacked margin)
     lam: float = 1.0
     temperature: float = 1.0
     mask: str = "ibp"                # ETB masks: "ibp" (authors' release, faster) or "etb"
@@ -79,9 +96,21 @@ class TrainConfig:
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
         if self.loss is None and self.method != "nominal":
-            self.loss = "release" if self.method == "etb" else "ibp_paper"
-        if self.loss not in (None, "release", "ibp_paper"):
-            raise ValueError(f"loss must be 'release' or 'ibp_paper', got {self.loss!r}")
+            self.loss = DEFAULT_LOSS[self.method]
+        if self.method in ("nominal", "ibp", "etb"):
+            if self.loss not in (None, "release", "ibp_paper"):
+                raise ValueError(f"loss must be 'release' or 'ibp_paper', got {self.loss!r}")
+        elif self.loss != DEFAULT_LOSS[self.method]:
+            raise ValueError(f"method {self.method} trains with loss {DEFAULT_LOSS[self.method]!r} only, got "
+                             f"{self.loss!r} (loss applies to methods etb and ibp)")
+        if not 0 <= self.beta_final <= 1:
+            raise ValueError(f"beta_final must be in [0, 1], got {self.beta_final}")
+        if isinstance(self.pgd_steps, bool) or not isinstance(self.pgd_steps, int) or self.pgd_steps < 1:
+            raise ValueError(f"pgd_steps must be an integer >= 1, got {self.pgd_steps!r}")
+        if self.pgd_step_size is not None and not 0 < self.pgd_step_size < math.inf:
+            raise ValueError(f"pgd_step_size must be a finite number > 0 or None, got {self.pgd_step_size}")
+        if not 0 <= self.penalty < math.inf:
+            raise ValueError(f"penalty must be a finite number >= 0, got {self.penalty}")
         if not 0 <= self.eps <= 1:
             raise ValueError(f"eps must be in [0, 1] (pixel units), got {self.eps}")
         if self.eps_warmup < 0 or self.eps_ramp < 0:
@@ -120,18 +149,39 @@ def _dist(device: str) -> Tuple[int, int]:
 
 
 class _Objective(nn.Module):
-    """forward(x, y, eps, kappa) -> (loss, logits): what DDP wraps, so gradients are all-reduced."""
+    """forward(x, y, eps, kappa, beta, seed) -> (loss, logits): what DDP wraps, so gradients are all-reduced.
+
+    ``beta``: the interpolation weight of crown-ibp / etb-interp; ``seed``: the random start of the
+    attacks of pgd / etb-attack (the attacks run with the model in eval mode: see
+    :meth:`BoundedModel.robust_loss`).
+    """
 
     def __init__(self, bm: BoundedModel, cfg: TrainConfig):
         super().__init__()
         self.bm, self.cfg = bm, cfg
 
-    def forward(self, x: Tensor, y: Tensor, eps: float, kappa: float) -> Tuple[Tensor, Tensor]:
-        if self.cfg.method == "nominal":
+    def forward(self, x: Tensor, y: Tensor, eps: float, kappa: float, beta: float = 1.0,
+                seed: int = 0) -> Tuple[Tensor, Tensor]:
+        cfg = self.cfg
+        if cfg.method == "nominal":
             logits = self.bm(x)
             return nn.functional.cross_entropy(logits, y), logits
-        return self.bm.robust_loss(x, y, eps, loss=self.cfg.loss, lam=self.cfg.lam,
-                                   temperature=self.cfg.temperature, kappa=kappa)
+        attack = dict(attack_steps=cfg.pgd_steps, attack_step_size=cfg.pgd_step_size, seed=seed)
+        if cfg.method == "pgd":
+            return self.bm.robust_loss(x, y, eps, loss="pgd", **attack)
+        if cfg.method == "etb-attack":
+            return self.bm.robust_loss(x, y, eps, loss="etb_attack", kappa=kappa, penalty=cfg.penalty, **attack)
+        if cfg.method in BETA_METHODS:
+            return self.bm.robust_loss(x, y, eps, loss="ibp_paper", kappa=kappa, beta=beta)
+        return self.bm.robust_loss(x, y, eps, loss=cfg.loss, lam=cfg.lam, temperature=cfg.temperature, kappa=kappa)
+
+
+def build_objective(cfg: TrainConfig, model: nn.Module) -> nn.Module:
+    """The module whose ``forward(x, y, eps, kappa, beta, seed)`` returns ``(loss, logits)`` of one
+    training step of ``cfg.method`` for ``model`` (pixels clipped to [0, 1]); :func:`train` wraps it in DDP."""
+    bound_method = cfg.method if cfg.method in ("ibp", "crown-ibp") else "etb"  # nominal, pgd: no bounds
+    bm = BoundedModel(model, method=bound_method, mask=cfg.mask if bound_method == "etb" else None, clip=CLIP)
+    return _Objective(bm, cfg)
 
 
 def _optimizer(cfg: TrainConfig, params):
@@ -196,7 +246,10 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
         state = load_run_checkpoint(ckpt_path)
         saved = state["config"]
-        diff = {k: (saved.get(k), getattr(cfg, k)) for k in _RESUME_KEYS if saved.get(k) != getattr(cfg, k)}
+        # a key the checkpoint lacks was added later: its run used the default
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        diff = {k: (saved.get(k, defaults[k]), getattr(cfg, k)) for k in _RESUME_KEYS
+                if saved.get(k, defaults[k]) != getattr(cfg, k)}
         if diff:
             raise ValueError("--resume: these options differ from the checkpoint's run (checkpoint, now): "
                              + ", ".join(f"{k}={a!r}/{b!r}" for k, (a, b) in diff.items()))
@@ -204,9 +257,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
     torch.manual_seed(cfg.seed)
     x, y = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.limit)
     model = build_model(cfg.model, cfg.dataset, normalize=cfg.normalize, mlp_widths=cfg.mlp_widths).to(device)
-    bound_method = "ibp" if cfg.method == "ibp" else "etb"
-    bm = BoundedModel(model, method=bound_method, mask=cfg.mask if bound_method == "etb" else None, clip=CLIP)
-    objective = _Objective(bm, cfg)
+    objective = build_objective(cfg, model)
     opt = _optimizer(cfg, model.parameters())
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.lr_milestones, gamma=cfg.lr_gamma)
     start_epoch, step, history = 0, 0, []
@@ -229,9 +280,12 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
     warm, ramp = round(cfg.eps_warmup * spe), round(cfg.eps_ramp * spe)
     eps_at = LinearRamp(0.0, cfg.eps, warm, ramp)
     kappa_at = LinearRamp(1.0, cfg.kappa, warm, ramp)
+    beta_at = LinearRamp(1.0, cfg.beta_final, warm, ramp)  # Zhang et al.: CROWN-IBP's weight, 1 -> 0 over the ramp
     if rank == 0 and state is None:
         log(f"training {cfg.model} on {cfg.dataset} ({n} images, {world} process(es)), method {cfg.method}"
-            + (f", loss {cfg.loss}, eps {cfg.eps} (warm-up {warm} steps, ramp {ramp} steps)" if cfg.method != "nominal" else ""))
+            + (f", loss {cfg.loss}, eps {cfg.eps} (warm-up {warm} steps, ramp {ramp} steps)" if cfg.method != "nominal" else "")
+            + (f", beta 1 -> {cfg.beta_final:g}" if cfg.method in BETA_METHODS else "")
+            + (f", {cfg.pgd_steps} PGD steps per batch" if cfg.method in ATTACK_METHODS else ""))
 
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -243,7 +297,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
         for idx in bar:
             xb, yb = x[idx].to(device), y[idx].to(device)
             eps_t, kappa_t = eps_at(step), kappa_at(step)
-            loss, logits = wrapped(xb, yb, eps_t, kappa_t)
+            loss, logits = wrapped(xb, yb, eps_t, kappa_t, beta_at(step), cfg.seed * 1_000_003 + step)
             if loss_hook is not None:
                 loss = loss_hook(loss, epoch, step)
             finite = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=device)
@@ -272,7 +326,9 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
         history.append({"epoch": epoch + 1, "loss": tot[0].item() / max(tot[2].item(), 1),
                         "train_acc": tot[1].item() / max(tot[2].item(), 1),
                         "eps": eps_at(step - 1) if step and cfg.method != "nominal" else 0.0,
-                        "kappa": (kappa_at(step - 1) if step else 1.0) if cfg.loss == "ibp_paper" else None, "lr": lr, "steps": step,
+                        "kappa": (kappa_at(step - 1) if step else 1.0) if cfg.loss in ("ibp_paper", "etb_attack") else None,
+                        "beta": (beta_at(step - 1) if step else 1.0) if cfg.method in BETA_METHODS else None,
+                        "lr": lr, "steps": step,
                         "time_s": time.perf_counter() - t0, "processes": world})
         if rank == 0:
             state = {"format": "etbkernels-train-1", "config": cfg.to_dict(), "epoch": epoch + 1, "step": step,
