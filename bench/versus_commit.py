@@ -4,14 +4,16 @@ A change to the network code must not make the existing methods slower. The othe
 checked out into a git worktree; two worker processes, one importing each copy of the package,
 load the same models and inputs, and the parent asks them in turn for one timed call, interleaved
 (one call of each version per round, the order alternating), so a burst of load on this shared
-machine hits both alike. Reports per model and method the median seconds of each and the ratio
-this/other. Writes bench/results/versus_commit.{json,md}.
+machine hits both alike. A process can also run a method at a steadily different speed from the
+next one (seen here: IBP on the medium CNN at 0.12 s in one process, 0.19 s in another, the same
+code), so the rounds are spread over several pairs of fresh workers (``--pairs``). Reports per model
+and method the median seconds of each over all rounds and the ratio this/other. Writes
+bench/results/versus_commit.{json,md}.
 
     python -m bench run versus_commit -- --commit efd85f0~1
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -77,12 +79,13 @@ def _ask(p: subprocess.Popen, model: str, method: str) -> float:
 def main(argv=None) -> int:
     parser = bench_parser(__doc__, "versus_commit")
     parser.add_argument("--commit", default="HEAD~1", help="the commit to compare this checkout with")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per model and method")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per model and method, per pair")
+    parser.add_argument("--pairs", type=int, default=3, help="pairs of fresh worker processes")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default="small,medium")
     args = parse_bench_args(parser, argv)
-    rounds, batch = (2, 8) if args.quick else (args.rounds, args.batch)
+    rounds, batch, pairs = (2, 8, 1) if args.quick else (args.rounds, args.batch, args.pairs)
     names = args.models.split(",")
     commit = subprocess.run(["git", "rev-parse", "--short", args.commit], cwd=REPO, capture_output=True,
                             text=True, check=True).stdout.strip()
@@ -91,21 +94,22 @@ def main(argv=None) -> int:
         subprocess.run(["git", "worktree", "add", "--detach", tree, commit], cwd=REPO, check=True,
                        capture_output=True)
         try:
-            workers = {"other": _worker(tree, args.threads, batch), "this": _worker(str(REPO), args.threads, batch)}
-            times = {(m, k, v): [] for m in names for k in METHODS for v in workers}
-            for m in names:
-                for k in METHODS:
-                    for v in workers:  # warm-up
-                        _ask(workers[v], m, k)
-            for r in range(rounds):
-                order = list(workers) if r % 2 == 0 else list(reversed(list(workers)))
+            times = {(m, k, v): [] for m in names for k in METHODS for v in ("other", "this")}
+            for _ in range(pairs):
+                workers = {"other": _worker(tree, args.threads, batch), "this": _worker(str(REPO), args.threads, batch)}
                 for m in names:
                     for k in METHODS:
-                        for v in order:
-                            times[(m, k, v)].append(_ask(workers[v], m, k))
-            for p in workers.values():
-                p.stdin.close()
-                p.wait()
+                        for v in workers:  # warm-up
+                            _ask(workers[v], m, k)
+                for r in range(rounds):
+                    order = list(workers) if r % 2 == 0 else list(reversed(list(workers)))
+                    for m in names:
+                        for k in METHODS:
+                            for v in order:
+                                times[(m, k, v)].append(_ask(workers[v], m, k))
+                for p in workers.values():
+                    p.stdin.close()
+                    p.wait()
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=REPO, capture_output=True)
     rows = []
@@ -113,9 +117,9 @@ def main(argv=None) -> int:
         for k in METHODS:
             this, other = statistics.median(times[(m, k, "this")]), statistics.median(times[(m, k, "other")])
             rows.append({"model": m, "method": k, "this_s": this, "other_s": other, "ratio": this / other,
-                         "rounds": rounds})
+                         "rounds": rounds * pairs})
     lines = [f"# bounds(): this checkout vs {commit} (batch {batch}, {args.threads} threads, {rounds} interleaved "
-             "rounds, medians)", "", "| model | method | this s | other s | this/other |", "|---|---|---|---|---|"]
+             f"rounds in each of {pairs} pairs of worker processes, medians)", "", "| model | method | this s | other s | this/other |", "|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['method']} | {r['this_s']:.4f} | {r['other_s']:.4f} | {r['ratio']:.3f} |"
               for r in rows]
     write_results(args, "versus_commit", {"commit": commit, "batch": batch, "rows": rows}, lines)
