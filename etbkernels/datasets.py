@@ -97,14 +97,8 @@ class _CappedReader:
 
     def _fill(self, n: int) -> None:
         """Buffers at least ``n`` bytes (fewer at the end of the stream)."""
-        parts, have = [self._buf], len(self._buf)
-        while have < n:
-            data = self._fetch(min(_CHUNK, n - have))
-            if not data:
-                break
-            parts.append(data)
-            have += len(data)
-        self._buf = b"".join(parts)
+        if len(self._buf) < n:
+            self._buf += _read_chunks(self._fetch, n - len(self._buf))
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
@@ -414,10 +408,15 @@ def load_mnist(split: str = "test", path: Union[str, Path, None] = None) -> Tupl
 
 
 def _read_exactly(f, n: int) -> bytes:
-    """Up to ``n`` bytes, read in chunks: never a buffer larger than what the file holds."""
+    """Up to ``n`` bytes of file ``f``, read in chunks: never a buffer larger than what the file holds."""
+    return _read_chunks(f.read, n)
+
+
+def _read_chunks(read, n: int) -> bytes:
+    """Up to ``n`` bytes from ``read(k)`` calls of at most _CHUNK bytes each (fewer at the end)."""
     parts, have = [], 0
     while have < n:
-        data = f.read(min(_CHUNK, n - have))
+        data = read(min(_CHUNK, n - have))
         if not data:
             break
         parts.append(data)
