@@ -1,12 +1,10 @@
 """`eval` keeps a result of other settings unless --force; --no-pgd leaves the PGD figures null (not 0)."""
-import gzip
 import json
-import struct
 
-import numpy as np
 import pytest
 
 from etbkernels.cli import main
+from tiny_data import fashion_folder
 
 EVAL = ["--eps", "0.05", "--limit", "6", "--pgd-steps", "2", "--violation-limit", "2", "--violation-steps", "2",
         "--batch-size", "4", "--threads", "1", "--no-progress"]
@@ -18,14 +16,7 @@ assert "--pgd-steps" not in NO_PGD
 def run(tmp_path_factory):
     """A 784-4-10 MLP trained one epoch on a tiny random Fashion-MNIST IDX folder (24 train, 8 test images)."""
     root = tmp_path_factory.mktemp("evalres")
-    rng = np.random.default_rng(2)
-    data = root / "fashion"
-    data.mkdir()
-    for prefix, n in (("train", 24), ("t10k", 8)):
-        for kind, arr in (("images-idx3", rng.integers(0, 256, (n, 28, 28))), ("labels-idx1", rng.integers(0, 10, n))):
-            header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
-            with gzip.open(data / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
-                f.write(header + arr.astype(np.uint8).tobytes())
+    data = fashion_folder(root / "fashion", 24, 8, seed=2)
     out = root / "run"
     assert main(["train", "--dataset", "fashion-mnist", "--data-dir", str(data), "--model", "mlp", "--mlp-widths",
                  "4", "--batch-size", "8", "--threads", "1", "--eps", "0.05", "--no-progress", "--out", str(out)]) == 0

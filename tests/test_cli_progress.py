@@ -1,16 +1,14 @@
 """Progress of long work: a bar on a terminal, plain lines in a log or pipe (at most every interval, and
 at each epoch's or eps' end), nothing with --no-progress; for train, eval and the demo."""
-import gzip
 import io
-import struct
 
-import numpy as np
 import pytest
 import torch
 
 from etbkernels import _progress, demo
 from etbkernels._progress import PlainProgress, progress, quiet
 from etbkernels.cli import main
+from tiny_data import fashion_folder
 
 
 class _Clock:
@@ -71,18 +69,6 @@ def test_progress_picks_bar_lines_or_nothing(monkeypatch):
     assert log.getvalue() == ""
 
 
-def _fashion(folder, n_train=24, n_test=6):
-    """A tiny Fashion-MNIST IDX folder (random pixels): the CLI runs in a fraction of a second on it."""
-    rng = np.random.default_rng(1)
-    folder.mkdir()
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        for kind, arr in (("images-idx3", rng.integers(0, 256, (n, 28, 28))), ("labels-idx1", rng.integers(0, 10, n))):
-            header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
-            with gzip.open(folder / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
-                f.write(header + arr.astype(np.uint8).tobytes())
-    return folder
-
-
 def _tiny(data):
     return ["--dataset", "fashion-mnist", "--data-dir", str(data), "--model", "mlp", "--mlp-widths", "4",
             "--batch-size", "8", "--threads", "1", "--eps", "0.05"]
@@ -91,7 +77,7 @@ def _tiny(data):
 def test_train_and_eval_print_plain_progress_off_a_terminal(tmp_path, capsys, monkeypatch):
     """capsys's stderr is no terminal (like a log file or a pipe); a tiny interval stands in for ~10 s."""
     monkeypatch.setattr(_progress, "PLAIN_INTERVAL_S", 0.0)
-    data = _fashion(tmp_path / "fashion")
+    data = fashion_folder(tmp_path / "fashion")
     assert main(["train", *_tiny(data), "--epochs", "2", "--out", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("train epoch 1/2: 1/3 batches, 0 s, loss=")

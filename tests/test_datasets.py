@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from etbkernels import datasets as D
+from tiny_data import write_idx
 
 
 def test_mnist_real_file():
@@ -19,10 +20,7 @@ def test_mnist_real_file():
         D.load_mnist("validation")
 
 
-def _write_idx(path, array, gz=True):
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    (gzip.open if gz else open)(path, "wb").write(data)
+_write_idx = write_idx  # (tests/test_eval_precision.py imports it from here)
 
 
 @pytest.fixture

@@ -192,7 +192,7 @@ def test_graph_walkers_equal_the_chain_methods(name, model, x, method, kw, devic
     graph = build_graph(model, x)
     r = torch.full_like(x, EPS)
     got = dag_methods.bounds(graph, x, r, method, kw.get("mask", "etb"), kw.get("center_at", "output"), None,
-                             False, None, None)[-1]
+                             None, None)[-1]
     scale = 1 + want.upper.abs().max().item()
     if method == "crown":  # the chain's full CROWN also intersects every layer with IBP: never looser
         assert bool((got.lower.reshape(want.lower.shape) <= want.lower + 1e-12 * scale).all())

@@ -13,6 +13,7 @@ import torch
 from etbkernels.cli import EXIT_NONFINITE, main
 from etbkernels.training import load_checkpoint
 from etbkernels.training import loop as T
+from tiny_data import fashion_folder
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "mnist", "--model", "small", "--limit", "96", "--batch-size", "32", "--threads", "1",
@@ -207,17 +208,7 @@ def test_cifar10_folder_train_and_normalization(tmp_path):
 
 
 def test_fashion_mnist_folder_train(tmp_path):
-    import gzip
-    import struct
-
-    rng = np.random.default_rng(1)
-    data = tmp_path / "fashion"
-    data.mkdir()
-    for prefix, n in (("train", 24), ("t10k", 6)):
-        for kind, arr in (("images-idx3", rng.integers(0, 256, (n, 28, 28))), ("labels-idx1", rng.integers(0, 10, n))):
-            header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
-            with gzip.open(data / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
-                f.write(header + arr.astype(np.uint8).tobytes())
+    data = fashion_folder(tmp_path / "fashion", 24, 6, seed=1)
     assert main(["train", "--dataset", "fashion-mnist", "--data-dir", str(data), "--model", "mlp", "--mlp-widths", "32",
                  "--method", "etb", "--eps", "0.05", "--batch-size", "8", "--threads", "1", "--no-progress",
                  "--out", str(tmp_path / "run")]) == 0

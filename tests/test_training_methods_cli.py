@@ -1,10 +1,8 @@
 """Issue 19's training methods on the command line: each new --method trains an epoch and writes a
 checkpoint; the eps / kappa / beta schedules and the attacks' seeds per step; options that do not
 apply to the method are refused (exit 2, naming the option); eval records its PGD settings."""
-import gzip
 import importlib.util
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ from etbkernels.cli import main
 from etbkernels.training import load_checkpoint
 from etbkernels.training import loop as T
 from etbkernels.training.data import build_model
+from tiny_data import fashion_folder
 
 REPO = Path(__file__).resolve().parents[1]
 NEW_METHODS = ("crown-ibp", "pgd", "etb-interp", "etb-attack")
@@ -23,14 +22,7 @@ NEW_METHODS = ("crown-ibp", "pgd", "etb-interp", "etb-attack")
 @pytest.fixture(scope="module")
 def fashion(tmp_path_factory):
     """A Fashion-MNIST IDX folder of 24 training and 6 test images (as tests/test_train_cli.py writes one)."""
-    rng = np.random.default_rng(2)
-    data = tmp_path_factory.mktemp("fashion")
-    for prefix, n in (("train", 24), ("t10k", 6)):
-        for kind, arr in (("images-idx3", rng.integers(0, 256, (n, 28, 28))), ("labels-idx1", rng.integers(0, 10, n))):
-            header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
-            with gzip.open(data / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
-                f.write(header + arr.astype(np.uint8).tobytes())
-    return data
+    return fashion_folder(tmp_path_factory.mktemp("fashion"), 24, 6, seed=2)
 
 
 def _train(fashion, out, *extra):

@@ -126,58 +126,57 @@ def bounds(model: nn.Module, x: Tensor, eps: Union[float, Tensor], *, method: st
     mu, r = box(x, eps, clip)
     if not isinstance(model, nn.Module):
         raise TypeError(f"bounds: model must be an nn.Module, got {type(model).__name__}")
-    check_params(model, x)
-    graph = build_graph(model, x)
     if options is not None and not isinstance(options, BoundsOptions):
         raise TypeError(f"bounds: options must be a BoundsOptions or None, got {type(options).__name__}")
+    check_params(model, x)
+    graph = build_graph(model, x)
     net = lower_chain(graph)
-    if net is not None and options is not None:
-        net.options = options
-    if net is None:
-        return _graph_bounds(graph, x, mu, r, method, mask, center_at, spec, return_layers, chunk_size)
-    if net.relu_first:  # ReLU applied to the input box: exact
-        up, lo = torch.relu(mu + r), torch.relu(mu - r)
-        mu, r = (up + lo) / 2, (up - lo) / 2
-    spec = check_spec(spec, net, x)
-
-    if method == "ibp":
-        layers = ibp_stages(net, mu, r, spec)
-    elif method == "crown-ibp":
-        layers = _crown_ibp(net, mu, r, spec, chunk_size)
-    elif method == "crown-forward":
-        layers = _crown_forward(net, mu, r, spec, chunk_size)
-    elif method == "crown":
-        layers = _crown_full(net, mu, r, spec, chunk_size)
+    if net is None:  # branches, concatenations or max-pool: the graph walkers
+        shaped = graph
+        spec = check_spec(spec, graph, x)
+        layers = _graph_layers(graph, mu, r, method, mask, center_at, spec, chunk_size)
     else:
-        layers = _etb(net, mu, r, mask, center_at, spec, return_layers, chunk_size)
+        shaped = net
+        if options is not None:
+            net.options = options
+        if net.relu_first:  # ReLU applied to the input box: exact
+            up, lo = torch.relu(mu + r), torch.relu(mu - r)
+            mu, r = (up + lo) / 2, (up - lo) / 2
+        spec = check_spec(spec, net, x)
+        layers = _chain_layers(net, mu, r, method, mask, center_at, spec, return_layers, chunk_size)
     out = layers[-1]
     if spec is None:  # every method in the model's output shape (some work on flat rows)
-        shape = (x.shape[0],) + tuple(net.out_shape)
+        shape = (x.shape[0],) + tuple(shaped.out_shape)
         out = Bounds(out.lower.reshape(shape), out.upper.reshape(shape))
-    if net.relu_last:
+    if shaped.relu_last:
         out = Bounds(torch.relu(out.lower), torch.relu(out.upper))
     if return_layers:
         return out, layers[:-1]
     return out
 
 
-def _graph_bounds(graph, x, mu, r, method, mask, center_at, spec, return_layers, chunk_size):
+def _chain_layers(net: Network, mu, r, method, mask, center_at, spec, return_layers, chunk_size) -> List[Bounds]:
+    """A chain of layers: the chain methods."""
+    if method == "ibp":
+        return ibp_stages(net, mu, r, spec)
+    if method == "crown-ibp":
+        return _crown_ibp(net, mu, r, spec, chunk_size)
+    if method == "crown-forward":
+        return _crown_forward(net, mu, r, spec, chunk_size)
+    if method == "crown":
+        return _crown_full(net, mu, r, spec, chunk_size)
+    return _etb(net, mu, r, mask, center_at, spec, return_layers, chunk_size)
+
+
+def _graph_layers(graph, mu, r, method, mask, center_at, spec, chunk_size) -> List[Bounds]:
     """A model with branches, concatenations or max-pool: the graph walkers (:mod:`.dag_methods`)."""
-    spec = check_spec(spec, graph, x)
     given = None
     if method == "etb" and not isinstance(mask, str):
         if not all(graph.nodes[i].op.takes_mask for i in graph.nonlinear()):
             raise ValueError("bounds: a list of masks is for models whose only nonlinearity is ReLU; this one has "
                              "max-pool (use mask='etb' or 'ibp')")
         given = check_masks(mask, graph, mu)
-    layers = dag_methods.bounds(graph, mu, r, method, mask, center_at, spec, return_layers, chunk_size, given)
-    out = layers[-1]
-    if spec is None:
-        shape = (x.shape[0],) + tuple(graph.out_shape)
-        out = Bounds(out.lower.reshape(shape), out.upper.reshape(shape))
-    if return_layers:
-        return out, layers[:-1]
-    return out
+    return dag_methods.bounds(graph, mu, r, method, mask, center_at, spec, chunk_size, given)
 
 
 # ---------------------------------------------------------------------------------- ETB driver

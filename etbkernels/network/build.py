@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.fx as fx
@@ -509,7 +509,3 @@ def build_graph(model: nn.Module, x: Tensor) -> Graph:
     if len(b.graph.nodes) == 1:
         raise ValueError("etbkernels.bounds: the model has no layer to bound (it returns its input)")
     return b.graph
-
-
-def input_shapes(graph: Graph, node: Node) -> Sequence[Shape]:
-    return [graph.nodes[i].shape for i in node.inputs]

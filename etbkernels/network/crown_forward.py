@@ -32,7 +32,8 @@ from . import patches
 from .graph_ops import relu_relaxation
 from .directions import abs_sum_directions, apply_directions, spec_directions, spec_values
 from .etb import forward_step
-from .ibp import ibp_stage, relu_interval
+from .graph_ops import relu_interval
+from .ibp import ibp_stage
 from .parse import Network
 
 

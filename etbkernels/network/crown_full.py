@@ -35,7 +35,8 @@ from . import crown_windows
 from .crown_ibp import crown_backward, relaxation_terms, signed_unit_rows, stage_offset, upper_bounds
 from .crown_forward import intersect
 from .pullback import BACKWARD_IMAGES
-from .ibp import ibp_stage, relu_interval
+from .graph_ops import relu_interval
+from .ibp import ibp_stage
 from .parse import Network
 
 #: Numbers in one row group's largest tensor on a dense network (rows x samples x widest layer).

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .build import Graph
+from .crown_forward import intersect
 from .directions import spec_directions, spec_values
 from .layers import numel
 
@@ -158,17 +159,6 @@ def _transpose(op, A: Tensor) -> List[Tensor]:
     return [o.reshape((N, K) + tuple(s)) for o, s in zip(outs, op.in_shapes)]
 
 
-def output_rows(graph: Graph, N: int, dtype, device, spec: Optional[Tensor]) -> Tensor:
-    """(N, K, *out_shape): the identity over the outputs, or the spec's rows."""
-    out = tuple(graph.out_shape)
-    if spec is None:
-        m = numel(out)
-        rows = torch.eye(m, dtype=dtype, device=device).expand(N, m, m)
-    else:
-        rows = spec.expand(N, -1, -1) if spec.dim() == 2 else spec
-    return rows.reshape((N, rows.shape[1]) + out)
-
-
 def unit_rows(shape, start: int, count: int, N: int, dtype, device) -> Tensor:
     """(N, count, *shape): the unit rows of neurons start .. start + count - 1."""
     n = numel(shape)
@@ -192,12 +182,6 @@ def crown_node(graph: Graph, node: int, mu: Tensor, r: Tensor, bounds: Dict[int,
     upper = torch.cat(ups, 1).reshape((N,) + tuple(shape)) if ups else mu.new_zeros((N,) + tuple(shape))
     c, q = ibp_cr
     return intersect(lower, upper, c - q, c + q)
-
-
-def intersect(lo1: Tensor, up1: Tensor, lo2: Tensor, up2: Tensor) -> CR:
-    """The intersection of two sound intervals (ends kept ordered where rounding could cross them)."""
-    lower, upper = torch.maximum(lo1, lo2), torch.minimum(up1, up2)
-    return lower, torch.maximum(upper, lower)
 
 
 def crown_forward(graph: Graph, mu: Tensor, r: Tensor) -> Tuple[CR, Dict[int, CR]]:

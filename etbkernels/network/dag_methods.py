@@ -10,15 +10,17 @@ from torch import Tensor
 from ..bounds_type import Bounds
 from . import chunking, dag
 from .build import Graph
+from .crown_forward import intersect
 from .ibp import apply_spec_center_radius
 from .layers import numel
+from .pullback import output_rows
 
 #: Bytes a full-CROWN row group aims at (rows x samples x the widest node).
 ROW_GROUP_BYTES = 256 << 20
 
 
 def bounds(graph: Graph, mu: Tensor, r: Tensor, method: str, mask, center_at: str, spec: Optional[Tensor],
-           return_layers: bool, chunk_size: Optional[int], given: Optional[List[Tensor]]) -> List[Bounds]:
+           chunk_size: Optional[int], given: Optional[List[Tensor]]) -> List[Bounds]:
     """[pre-activation bounds of each ReLU / max-pool input ..., output bounds] (the output flat, or spec rows)."""
     spec2, spec3 = chunking.split_spec(spec)
     feeds = dag.nonlinear_inputs(graph)
@@ -65,7 +67,7 @@ def bounds(graph: Graph, mu: Tensor, r: Tensor, method: str, mask, center_at: st
             lo_f, up_f = _spec_interval((lo_f + up_f) / 2, (up_f - lo_f) / 2, s) if s is not None else \
                 (lo_f.flatten(1), up_f.flatten(1))
             lo_b, up_b = _crown_output(graph, mu_c, r_c, pre, s)
-            return tuple(t for j in feeds for t in pre[j]) + dag.intersect(lo_f, up_f, lo_b, up_b)
+            return tuple(t for j in feeds for t in pre[j]) + intersect(lo_f, up_f, lo_b, up_b)
         return pairs(chunking.chunked(run, mu.shape[0], max(1, chunk // 2), mu, r, spec3))
 
     # full CROWN: every nonlinear node's input from CROWN's own backward pass, in order
@@ -79,7 +81,7 @@ def bounds(graph: Graph, mu: Tensor, r: Tensor, method: str, mask, center_at: st
                 pre[j] = dag.crown_node(graph, j, mu_c, r_c, pre, kept[j], rows)
         lo, up = _crown_output(graph, mu_c, r_c, pre, spec2 if spec_c is None else spec_c, rows)
         if spec_c is None and spec2 is None:  # IBP's output interval is sound too
-            lo, up = dag.intersect(lo, up, (c - q).flatten(1), (c + q).flatten(1))
+            lo, up = intersect(lo, up, (c - q).flatten(1), (c + q).flatten(1))
         return tuple(t for j in feeds for t in pre[j]) + (lo, torch.maximum(up, lo))
     grad = torch.is_grad_enabled() and (mu.requires_grad or r.requires_grad or any(
         t.requires_grad for nd in graph.nodes[1:] for t in vars(nd.op).values() if isinstance(t, Tensor)))
@@ -97,7 +99,7 @@ def _spec_interval(c: Tensor, q: Tensor, spec: Optional[Tensor]):
 def _crown_output(graph: Graph, mu: Tensor, r: Tensor, pre, spec: Optional[Tensor], rows_per_call: int = 0):
     """CROWN's backward bounds of the output (flat) or of the spec rows, in row groups."""
     N = mu.shape[0]
-    rows = dag.output_rows(graph, N, mu.dtype, mu.device, spec)
+    rows = output_rows(graph, N, mu.dtype, mu.device, spec)
     K = rows.shape[1]
     group = rows_per_call or K or 1
     parts = [dag.crown_back(graph, len(graph.nodes) - 1, rows[:, s:s + group], mu, r, pre) for s in range(0, K, group)]

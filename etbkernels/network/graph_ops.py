@@ -17,13 +17,13 @@ op's type:
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layers import AffineOp, Shape, numel
+from .layers import AffineOp, Shape
 
 
 def relu_relaxation(lower: Tensor, upper: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -38,6 +38,12 @@ def relu_relaxation(lower: Tensor, upper: Tensor) -> Tuple[Tensor, Tensor, Tenso
     c_u = torch.where(unstable, -upper * lower / width, torch.zeros_like(upper))
     a_l = torch.where(unstable, (upper >= -lower).to(lower.dtype), active).detach()
     return a_l, a_u, c_u
+
+
+def relu_interval(c: Tensor, r: Tensor) -> Tuple[Tensor, Tensor]:
+    """(centre, radius) of ReLU applied to both ends of ``c +- r``."""
+    up, lo = torch.relu(c + r), torch.relu(c - r)
+    return (up + lo) / 2, (up - lo) / 2
 
 
 class AddOp(AffineOp):
@@ -97,8 +103,7 @@ class ReluOp:
         self.in_shapes = [self.in_shape]
 
     def ibp(self, c: Tensor, r: Tensor) -> Tuple[Tensor, Tensor]:
-        up, lo = torch.relu(c + r), torch.relu(c - r)
-        return (up + lo) / 2, (up - lo) / 2
+        return relu_interval(c, r)
 
     def choose(self, upper: Tensor) -> Tensor:
         return (upper > 0).to(upper.dtype).detach()
@@ -208,8 +213,3 @@ class MaxPoolOp:
         L2, lb2 = self._gather(L, idx), self._gather(lb.unsqueeze(1), idx)[:, 0]
         U2, ub2 = self._gather(U, idx) * ex.unsqueeze(1), self._gather(ub.unsqueeze(1), idx)[:, 0] * ex
         return L2, U2, lb2, ub2 + top * (1 - ex)
-
-
-def flat_size(shapes: Sequence[Shape]) -> List[int]:
-    """Elements per sample of each shape."""
-    return [numel(s) for s in shapes]

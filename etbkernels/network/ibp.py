@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from ..bounds_type import Bounds
+from .graph_ops import relu_interval
 from .layers import LinearOp
 from .parse import Network
 
@@ -33,12 +34,6 @@ def ibp_stages(net: Network, center: Tensor, radius: Tensor, spec: Optional[Tens
         c, r = ibp_stage(stage, c, r, spec if k == len(net.stages) - 1 else None)
         out.append(Bounds.from_center_radius(c, r))
     return out
-
-
-def relu_interval(c: Tensor, r: Tensor):
-    """(centre, radius) of ReLU applied to both ends of ``c +- r``."""
-    up, lo = torch.relu(c + r), torch.relu(c - r)
-    return (up + lo) / 2, (up - lo) / 2
 
 
 def ibp_stage(ops, c: Tensor, r: Tensor, spec: Optional[Tensor] = None):
