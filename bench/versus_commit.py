@@ -76,6 +76,24 @@ def _ask(p: subprocess.Popen, model: str, method: str) -> float:
     return float(p.stdout.readline())
 
 
+def _graph_overhead_ms(names, batch: int) -> dict:
+    """Milliseconds per call of :func:`build_graph` + :func:`lower_chain` on a cached trace, per model."""
+    import torch
+
+    from etbkernels.network import models
+    from etbkernels.network.build import build_graph
+    from etbkernels.network.parse import lower_chain
+
+    from .harness import median_seconds
+
+    out = {}
+    for name in names:
+        model = {"small": models.small_cnn, "medium": models.medium_cnn}[name]().eval()
+        x = torch.rand(batch, 1, 28, 28)
+        out[name] = 1e3 * median_seconds(lambda: lower_chain(build_graph(model, x)), repeats=200, warmup=2)
+    return out
+
+
 def main(argv=None) -> int:
     parser = bench_parser(__doc__, "versus_commit")
     parser.add_argument("--commit", default="HEAD~1", help="the commit to compare this checkout with")
@@ -122,7 +140,12 @@ def main(argv=None) -> int:
              f"rounds in each of {pairs} pairs of worker processes, medians)", "", "| model | method | this s | other s | this/other |", "|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['method']} | {r['this_s']:.4f} | {r['other_s']:.4f} | {r['ratio']:.3f} |"
               for r in rows]
-    write_results(args, "versus_commit", {"commit": commit, "batch": batch, "rows": rows}, lines)
+    graph_ms = _graph_overhead_ms(names, batch)
+    lines += ["", "Per call, this checkout's trace lookup and operator rebuild (the work the traced graph adds in "
+              "front of every method; in-process, median of 200 calls): "
+              + ", ".join(f"{m} {v:.3f} ms" for m, v in graph_ms.items())]
+    write_results(args, "versus_commit", {"commit": commit, "batch": batch, "rows": rows,
+                                          "graph_overhead_ms": graph_ms}, lines)
     print("\n".join(lines))
     return 0
 
