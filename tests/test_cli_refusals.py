@@ -99,9 +99,9 @@ def test_unexpected_failures_and_ctrl_c_are_one_line(tmp_path, capsys, monkeypat
 
 def test_missing_mnist_package_is_one_line_with_the_pip_command(tmp_path, capsys, monkeypatch):
     # a checkpoint of an MNIST run, made without MNIST: a tiny Fashion-MNIST-shaped run relabelled
-    from test_cli_progress import _fashion
+    from tiny_data import fashion_folder
 
-    data = _fashion(tmp_path / "fashion")
+    data = fashion_folder(tmp_path / "fashion")
     assert main(["train", *TINY, "--dataset", "fashion-mnist", "--data-dir", str(data), "--out",
                  str(tmp_path / "run")]) == 0
     st = load_checkpoint(tmp_path / "run")

@@ -20,15 +20,14 @@ def test_mnist_real_file():
         D.load_mnist("validation")
 
 
-_write_idx = write_idx  # (tests/test_eval_precision.py imports it from here)
 
 
 @pytest.fixture
 def fashion_folder(tmp_path):
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 7), ("t10k", 5)):
-        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
     return tmp_path
 
 
@@ -332,13 +331,13 @@ def test_fifo_data_files_are_not_regular_files(cifar_folder, fashion_folder):
 
 def test_fashion_mnist_shape_labels_and_empty_split(fashion_folder):
     images, labels = fashion_folder / "t10k-images-idx3-ubyte.gz", fashion_folder / "t10k-labels-idx1-ubyte.gz"
-    _write_idx(images, np.zeros((5, 28, 100)))  # was loaded as (5, 1, 28, 100) images
+    write_idx(images, np.zeros((5, 28, 100)))  # was loaded as (5, 1, 28, 100) images
     _refused(lambda: D.load_fashion_mnist("test", fashion_folder), images, "expected (N, 28, 28)")
-    _write_idx(images, np.zeros((5, 28, 28)))
-    _write_idx(labels, np.array([0, 1, 2, 99, 3]))  # was loaded, then failed mid-training
+    write_idx(images, np.zeros((5, 28, 28)))
+    write_idx(labels, np.array([0, 1, 2, 99, 3]))  # was loaded, then failed mid-training
     _refused(lambda: D.load_fashion_mnist("test", fashion_folder), labels, "must be in 0..9, got 99 at index 3")
-    _write_idx(labels, np.array([0, 1, 2]))
+    write_idx(labels, np.array([0, 1, 2]))
     _refused(lambda: D.load_fashion_mnist("test", fashion_folder), labels, "expected (5,)")
-    _write_idx(images, np.zeros((0, 28, 28)))
-    _write_idx(labels, np.zeros(0))
+    write_idx(images, np.zeros((0, 28, 28)))
+    write_idx(labels, np.zeros(0))
     _refused(lambda: D.load_fashion_mnist("test", fashion_folder), images, "holds no images")

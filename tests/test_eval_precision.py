@@ -13,7 +13,7 @@ from etbkernels.cli import main
 from etbkernels.training.checkpoint import save_checkpoint
 from etbkernels.training.data import build_model
 from etbkernels.training.loop import TrainConfig
-from test_datasets import _write_idx
+from tiny_data import write_idx
 
 # the module, not the function etbkernels.training.evaluate that shadows it in the package
 EV = importlib.import_module("etbkernels.training.evaluate")
@@ -26,8 +26,8 @@ def run(tmp_path):
     rng = torch.Generator().manual_seed(0)
     data = tmp_path / "fashion"
     data.mkdir()
-    _write_idx(data / "t10k-images-idx3-ubyte.gz", torch.randint(0, 256, (4, 28, 28), generator=rng).numpy())
-    _write_idx(data / "t10k-labels-idx1-ubyte.gz", torch.randint(0, 10, (4,), generator=rng).numpy())
+    write_idx(data / "t10k-images-idx3-ubyte.gz", torch.randint(0, 256, (4, 28, 28), generator=rng).numpy())
+    write_idx(data / "t10k-labels-idx1-ubyte.gz", torch.randint(0, 10, (4,), generator=rng).numpy())
     cfg = TrainConfig(out=str(tmp_path / "run"), dataset="fashion-mnist", model="mlp", mlp_widths=[8],
                       method="ibp", eps=0.05, data_dir=str(data))
     model = build_model("mlp", "fashion-mnist", mlp_widths=[8])
