@@ -203,7 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ETB masks (etb, etb-interp, etb-attack): ibp (authors' release; fast) or etb (blockwise; ~10x slower on CNNs). "
                         "In our runs ETB-trained networks learned to defeat ETB bounds with either mask: judge "
                         "them by PGD and IBP-verified accuracy (docs/training.md, Results)")
-    t.add_argument("--epochs", type=_positive, default=1, help="epochs to train (in all, counting resumed ones)")
+    t.add_argument("--epochs", type=_positive, default=1,
+                   help="epochs to train (in all, counting resumed ones; with --budget-cpu-minutes, a cap)")
+    t.add_argument("--budget-cpu-minutes", type=_pos_float, metavar="MIN",
+                   help="train until the training steps have used MIN minutes of this process's CPU time (all "
+                        "threads; other load does not shrink it), then stop, mid-epoch if need be; --eps-schedule "
+                        "is then in fractions of the budget and --lr-milestones in percents of it. Single process")
     t.add_argument("--batch-size", type=_positive, default=128, help="global batch (split over processes)")
     t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="optimizer")
     t.add_argument("--lr", type=_pos_float, default=1e-3, help="learning rate")
@@ -288,6 +293,12 @@ def _check_combinations(a) -> None:
             if a.method not in methods:
                 a.parser.error(f"argument {option}: applies to --method {' or '.join(methods)} only, not "
                                f"{a.method}")
+        if a.budget_cpu_minutes is not None and sum(a.eps_schedule) > 1:
+            a.parser.error("argument --eps-schedule: with --budget-cpu-minutes it is in fractions of the budget: "
+                           f"warm-up + ramp must be <= 1, got {a.eps_schedule[0]:g} + {a.eps_schedule[1]:g}")
+        if a.budget_cpu_minutes is not None and a.lr_milestones and max(a.lr_milestones) > 99:
+            a.parser.error("argument --lr-milestones: with --budget-cpu-minutes they are percents of the budget "
+                           f"(1..99), got {a.lr_milestones}")
         if a.loss is not None and a.method not in ("nominal", "ibp", "etb"):
             a.parser.error(f"argument --loss: applies to --method etb or ibp only; {a.method} has its own loss "
                            "(docs/training.md)")
@@ -300,7 +311,7 @@ def _train(a) -> int:
                       eps_warmup=a.eps_schedule[0], eps_ramp=a.eps_schedule[1], loss=a.loss, kappa=a.kappa,
                       lam=a.lam, temperature=a.temperature, mask=a.mask, beta_final=a.beta_final,
                       pgd_steps=a.pgd_train_steps, pgd_step_size=a.pgd_train_step_size, penalty=a.violation_penalty,
-                      epochs=a.epochs, batch_size=a.batch_size,
+                      epochs=a.epochs, batch_size=a.batch_size, budget_cpu_minutes=a.budget_cpu_minutes,
                       lr=a.lr, optimizer=a.optimizer, momentum=a.momentum, weight_decay=a.weight_decay,
                       lr_milestones=a.lr_milestones, lr_gamma=a.lr_gamma, seed=a.seed, device=a.device,
                       limit=a.limit, data_dir=a.data_dir, normalize=not a.no_normalize, mlp_widths=a.mlp_widths,

@@ -42,7 +42,9 @@ ETB_METHODS = ("etb", "etb-interp", "etb-attack")
 _RESUME_KEYS = ("dataset", "model", "method", "eps", "eps_warmup", "eps_ramp", "loss", "kappa", "lam",
                 "temperature", "mask", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
                 "lr_milestones", "lr_gamma", "seed", "limit", "normalize", "mlp_widths", "beta_final", "pgd_steps",
-                "pgd_step_size", "penalty")
+                "pgd_step_size", "penalty", "budget_cpu_minutes")
+#: resolution of the budget-mode schedules (positions per budget)
+_BUDGET_UNITS = 100_000
 CLIP = (0.0, 1.0)
 
 
@@ -59,8 +61,8 @@ class TrainConfig:
     model: str = "small"
     method: str = "etb"
     eps: float = 0.1
-    eps_warmup: float = 0.0          # epochs at eps 0 (kappa 1) before the ramp
-    eps_ramp: float = 0.0            # epochs of linear ramp 0 -> eps (kappa 1 -> kappa)
+    eps_warmup: float = 0.0          # epochs at eps 0 (kappa 1) before the ramp (budget mode: fraction of the budget)
+    eps_ramp: float = 0.0            # epochs of linear ramp 0 -> eps (kappa 1 -> kappa) (budget mode: fraction)
     loss: Optional[str] = None       # None: DEFAULT_LOSS[method]; etb and ibp: "release" | "ibp_paper"
     kappa: float = 0.5
     beta_final: float = 0.0          # crown-ibp, etb-interp: beta ramps 1 -> beta_final alongside eps
@@ -76,9 +78,13 @@ class TrainConfig:
     optimizer: str = "adam"
     momentum: float = 0.9
     weight_decay: float = 0.0
-    lr_milestones: List[int] = field(default_factory=list)
+    lr_milestones: List[int] = field(default_factory=list)  # epochs (budget mode: percent of the budget)
     lr_gamma: float = 0.1
     seed: int = 0
+    # budget mode: train until the training steps have used this many minutes of the process's CPU time
+    # (all threads; not wall time, so other load on the machine does not shrink a run's budget); epochs
+    # is then a cap, and the schedules are fractions of the budget
+    budget_cpu_minutes: Optional[float] = None
     device: str = "cpu"
     limit: Optional[int] = None
     data_dir: Optional[str] = None
@@ -128,6 +134,15 @@ class TrainConfig:
         self.lr_milestones = sorted(int(m) for m in self.lr_milestones)
         if self.lr_milestones and self.lr_milestones[0] < 1:
             raise ValueError(f"lr milestones are epochs >= 1 (lr changes after that many epochs), got {self.lr_milestones}")
+        if self.budget_cpu_minutes is not None:
+            if isinstance(self.budget_cpu_minutes, bool) or not 0 < self.budget_cpu_minutes < math.inf:
+                raise ValueError(f"budget_cpu_minutes must be a finite number > 0 or None, got {self.budget_cpu_minutes!r}")
+            if self.eps_warmup + self.eps_ramp > 1:
+                raise ValueError("with a CPU-time budget the eps schedule is in fractions of the budget: warm-up + "
+                                 f"ramp must be <= 1, got {self.eps_warmup} + {self.eps_ramp}")
+            if self.lr_milestones and self.lr_milestones[-1] > 99:
+                raise ValueError("with a CPU-time budget lr milestones are percents of the budget (1..99), got "
+                                 f"{self.lr_milestones}")
         self.mlp_widths = [int(w) for w in self.mlp_widths]
 
     def to_dict(self) -> Dict:
@@ -236,6 +251,8 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
         torch.cuda.set_device(device)
     out = check_out_folder(cfg.out)
     ckpt_path = out / CHECKPOINT
+    if world > 1 and cfg.budget_cpu_minutes is not None:  # each rank would stop at its own step
+        raise ValueError("a CPU-time budget needs a single process (not torchrun)")
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} must be a multiple of the number of processes ({world})")
     if ckpt_path.exists() and not cfg.resume:
@@ -277,17 +294,36 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
 
     n = len(x)
     spe = len(_batches(n, cfg.batch_size, world, rank, cfg.seed, 0))  # optimizer steps per epoch
-    warm, ramp = round(cfg.eps_warmup * spe), round(cfg.eps_ramp * spe)
+    budget_s = None if cfg.budget_cpu_minutes is None else 60.0 * cfg.budget_cpu_minutes
+    used_s = float(state.get("budget_used_s", 0.0)) if state is not None else 0.0
+    # the ramps run on optimizer steps, or in budget mode on _BUDGET_UNITS positions per budget
+    units = spe if budget_s is None else _BUDGET_UNITS
+    warm, ramp = round(cfg.eps_warmup * units), round(cfg.eps_ramp * units)
+
+    def position() -> int:
+        return step if budget_s is None else min(int(_BUDGET_UNITS * used_s / budget_s), _BUDGET_UNITS)
+
+    def budget_lr() -> float:  # lr at the current budget fraction (milestones in percent)
+        passed = sum(100 * used_s >= m * budget_s for m in cfg.lr_milestones)
+        return cfg.lr * cfg.lr_gamma ** passed
     eps_at = LinearRamp(0.0, cfg.eps, warm, ramp)
     kappa_at = LinearRamp(1.0, cfg.kappa, warm, ramp)
     beta_at = LinearRamp(1.0, cfg.beta_final, warm, ramp)  # Zhang et al.: CROWN-IBP's weight, 1 -> 0 over the ramp
     if rank == 0 and state is None:
         log(f"training {cfg.model} on {cfg.dataset} ({n} images, {world} process(es)), method {cfg.method}"
-            + (f", loss {cfg.loss}, eps {cfg.eps} (warm-up {warm} steps, ramp {ramp} steps)" if cfg.method != "nominal" else "")
+            + (f", loss {cfg.loss}, eps {cfg.eps} (warm-up {warm} steps, ramp {ramp} steps)"
+               if cfg.method != "nominal" and budget_s is None else "")
+            + (f", loss {cfg.loss}, eps {cfg.eps} (warm-up {cfg.eps_warmup:g}, ramp {cfg.eps_ramp:g} of the budget)"
+               if cfg.method != "nominal" and budget_s is not None else "")
+            + (f", budget {cfg.budget_cpu_minutes:g} CPU minutes" if budget_s is not None else "")
             + (f", beta 1 -> {cfg.beta_final:g}" if cfg.method in BETA_METHODS else "")
             + (f", {cfg.pgd_steps} PGD steps per batch" if cfg.method in ATTACK_METHODS else ""))
 
+    stopped = "epochs"
     for epoch in range(start_epoch, cfg.epochs):
+        if budget_s is not None and used_s >= budget_s:
+            stopped = "budget"
+            break
         model.train()
         t0 = time.perf_counter()
         tot = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
@@ -295,9 +331,16 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
         bar = progress(batches, desc=f"train epoch {epoch + 1}/{cfg.epochs}", unit="batches",
                        disable=not cfg.progress or rank != 0)
         for idx in bar:
+            if budget_s is not None:
+                if used_s >= budget_s:
+                    break
+                for g in opt.param_groups:
+                    g["lr"] = budget_lr()
+            c0 = time.process_time()
             xb, yb = x[idx].to(device), y[idx].to(device)
-            eps_t, kappa_t = eps_at(step), kappa_at(step)
-            loss, logits = wrapped(xb, yb, eps_t, kappa_t, beta_at(step), cfg.seed * 1_000_003 + step)
+            pos = position()
+            eps_t, kappa_t = eps_at(pos), kappa_at(pos)
+            loss, logits = wrapped(xb, yb, eps_t, kappa_t, beta_at(pos), cfg.seed * 1_000_003 + step)
             if loss_hook is not None:
                 loss = loss_hook(loss, epoch, step)
             finite = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=device)
@@ -316,32 +359,42 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
                 tot += torch.tensor([loss.item() * len(yb), (logits.argmax(1) == yb).sum().item(), len(yb)],
                                     dtype=torch.float64, device=device)
             bar.set_postfix(loss=f"{loss.item():.4f}", eps=f"{eps_t:.3g}")
+            used_s += time.process_time() - c0
         if world > 1:
             dist.all_reduce(tot)
         if not _all_finite(model):
             raise NonFiniteLossError(f"non-finite parameters after epoch {epoch + 1}; stopped. "
                                      + _kept_message(ckpt_path, epoch))
         lr = opt.param_groups[0]["lr"]
-        sched.step()
+        if budget_s is None:
+            sched.step()
+        last = position() if budget_s is not None else step - 1
         history.append({"epoch": epoch + 1, "loss": tot[0].item() / max(tot[2].item(), 1),
                         "train_acc": tot[1].item() / max(tot[2].item(), 1),
-                        "eps": eps_at(step - 1) if step and cfg.method != "nominal" else 0.0,
-                        "kappa": (kappa_at(step - 1) if step else 1.0) if cfg.loss in ("ibp_paper", "etb_attack") else None,
-                        "beta": (beta_at(step - 1) if step else 1.0) if cfg.method in BETA_METHODS else None,
-                        "lr": lr, "steps": step,
-                        "time_s": time.perf_counter() - t0, "processes": world})
+                        "eps": eps_at(last) if step and cfg.method != "nominal" else 0.0,
+                        "kappa": (kappa_at(last) if step else 1.0) if cfg.loss in ("ibp_paper", "etb_attack") else None,
+                        "beta": (beta_at(last) if step else 1.0) if cfg.method in BETA_METHODS else None,
+                        "lr": lr, "steps": step, "images": int(tot[2].item()),
+                        "time_s": time.perf_counter() - t0, "processes": world,
+                        "budget_used_s": used_s if budget_s is not None else None})
         if rank == 0:
             state = {"format": "etbkernels-train-1", "config": cfg.to_dict(), "epoch": epoch + 1, "step": step,
+                     "budget_used_s": used_s,
                      "model": model.state_dict(), "optimizer": opt.state_dict(),
                      "scheduler": _sched_to_plain(sched.state_dict()),
                      "rng": {"torch": torch.get_rng_state()}, "history": history}
             save_checkpoint(state, ckpt_path)
-            write_json_atomic(out / "train_log.json", {"config": cfg.to_dict(), "history": history})
+            write_json_atomic(out / "train_log.json", {"config": cfg.to_dict(), "history": history,
+                                                       "finished": budget_s is not None and used_s >= budget_s
+                                                       or epoch + 1 == cfg.epochs})
             log(f"epoch {epoch + 1}: loss {history[-1]['loss']:.4f}, train acc {100 * history[-1]['train_acc']:.2f}%, "
                 f"{history[-1]['time_s']:.1f} s -> {ckpt_path}")
         if world > 1:
             dist.barrier()
     if rank == 0:
+        if stopped == "budget" or (budget_s is not None and used_s >= budget_s):
+            log(f"CPU-time budget of {cfg.budget_cpu_minutes:g} minutes used after {step} steps "
+                f"({len(history)} epochs, the last one partial when it stopped mid-epoch)")
         log(format_history(history))
     return history
 
