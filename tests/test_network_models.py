@@ -49,7 +49,7 @@ def test_mlp_builder():
 def test_default_chunk_cpu_cache_cap(make, grad):
     """On CPU the forward path's largest per-chunk tensor stays near CPU_CACHE_CHUNK_BYTES (it
     was 1 GiB, which sent every elementwise pass to DRAM); elsewhere only the memory rule holds."""
-    from etbkernels.network.chunking import CPU_CACHE_CHUNK_BYTES, forward_chunk as _forward_chunk
+    from etbkernels.network.chunking import CACHE_TENSORS, CPU_CACHE_CHUNK_BYTES, forward_chunk as _forward_chunk
 
     x = torch.rand(1, 1, 28, 28)
     net = parse_model(make(), (1, 28, 28), x)
@@ -57,6 +57,7 @@ def test_default_chunk_cpu_cache_cap(make, grad):
     memory = max(1, DEFAULT_CHUNK_BYTES // (3 * total * 4))
     cpu, gpu = _forward_chunk(net, grad, 4, torch.device("cpu")), _forward_chunk(net, grad, 4, torch.device("cuda"))
     assert gpu == memory
-    assert cpu == min(memory, max(1, CPU_CACHE_CHUNK_BYTES // (peak * 4)))
-    assert cpu == 1 or cpu * peak * 4 <= CPU_CACHE_CHUNK_BYTES < (cpu + 1) * peak * 4
+    size = CACHE_TENSORS * peak * 4
+    assert cpu == min(memory, max(1, CPU_CACHE_CHUNK_BYTES // size))
+    assert cpu == 1 or cpu * size <= CPU_CACHE_CHUNK_BYTES < (cpu + 1) * size
     assert cpu < memory  # every zoo model is capped: the rule changes something

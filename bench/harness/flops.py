@@ -14,6 +14,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 
+def flop_formula(func):
+    """torch's flop formula for an aten op, or for the out-of-place op of an in-place one
+    (``baddbmm_``, ``addmm_``: the registry lists only ``baddbmm``, ``addmm``); None if it has none."""
+    formula = flop_registry.get(func._overloadpacket)
+    name = func._overloadpacket.__name__
+    if formula is None and name.endswith("_") and hasattr(torch.ops.aten, name[:-1]):
+        formula = flop_registry.get(getattr(torch.ops.aten, name[:-1]))
+    return formula
+
+
 class _FlopCount(TorchDispatchMode):
     """Adds up torch's flop formulas (mm, bmm, addmm, convolution and their backward) over every
     aten call. (torch's FlopCounterMode also tracks modules, which breaks torch.autograd.grad
@@ -26,7 +36,7 @@ class _FlopCount(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
+        formula = flop_formula(func)
         if formula is not None:
             self.flops += formula(*args, **kwargs, out_val=out)
         return out

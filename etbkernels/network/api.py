@@ -100,11 +100,11 @@ def bounds(model: nn.Module, x: Tensor, eps: Union[float, Tensor], *, method: st
             ``method="crown-ibp"``: the ones its relaxation uses; CROWN's own for ``"crown"``).
         chunk_size: samples processed together (not IBP; default: chosen so the largest per-chunk
             tensors stay near ``DEFAULT_CHUNK_BYTES`` = 1 GiB, and on CPU, for the forward
-            (``mask="etb"``, ``"crown-forward"``) path, near ``CPU_CACHE_CHUNK_BYTES`` = 32 MiB, a
-            last-level cache; ``"crown"`` bounds its memory by row groups instead, and takes the
+            (``mask="etb"``, ``"crown-forward"``) path, near a third of ``CPU_CACHE_CHUNK_BYTES``
+            = 32 MiB, a last-level cache; ``"crown"`` bounds its memory by row groups instead, and takes the
             whole batch at once unless gradients flow).
-            With gradients enabled each chunk is checkpointed, so memory stays bounded in
-            backward too.
+            With gradients enabled, chunks are checkpointed so memory stays bounded in backward
+            too (with ETB's default chunks only those beyond what the memory target can keep).
         options: :class:`~etbkernels.network.BoundsOptions`: how the bounds are computed (the lazy
             tail, full CROWN's windows), never their value; for A/B benchmarks and debugging.
 
@@ -216,7 +216,9 @@ def _etb(net: Network, mu, r, mask, center_at, spec, return_layers, chunk_size) 
                           spec2 if spec_c is None else spec_c, output_only=not return_layers)
         return tuple(t for cr in (res if return_layers else res[-1:]) for t in cr)
 
-    flat = chunking.chunked(run, N, chunk, mu, r, spec3, *masks)
+    # with the default chunks, as many samples' graphs as the memory target allows skip the checkpoint
+    keep = 0 if chunk_size or not grad or return_layers else chunking.kept_samples(net, elem)
+    flat = chunking.chunked(run, N, chunk, mu, r, spec3, *masks, keep=keep)
     return [Bounds.from_center_radius(flat[2 * k], flat[2 * k + 1]) for k in range(len(flat) // 2)]
 
 

@@ -17,6 +17,10 @@ DEFAULT_CHUNK_BYTES = 1 << 30
 #: (32 MiB L3), batch 256, the default chunks (8 samples on the small CNN, 4 on the medium) were
 #: 1.9x and 1.4x faster than 1 GiB chunks (``bench/chunk_size_network.py``).
 CPU_CACHE_CHUNK_BYTES = 32 << 20
+#: Tensors of the largest size a step of the forward path holds at once (a patches convolution: its
+#: input, the tap's copy of it and its output), all of which the cache should hold: with one, the
+#: medium CNN's chunks of 13 ran 1.3x slower than chunks of 4 (no gradients, 1 thread, 2026-12-06).
+CACHE_TENSORS = 3
 
 
 def split_spec(spec):
@@ -46,22 +50,35 @@ def memory_chunk(net: Network, grad: bool, elem: int) -> int:
     return max(1, DEFAULT_CHUNK_BYTES // max(1, 3 * forward_numel_per_sample(net, total=grad) * elem))
 
 
+def kept_samples(net: Network, elem: int) -> int:
+    """Samples whose :func:`etb_forward` graphs (output only) fit ``DEFAULT_CHUNK_BYTES``: kept for
+    backward instead of checkpointed. No factor 3 as in :func:`memory_chunk`, whose chunk also holds
+    its running temporaries: the kept graphs measured 0.6x (small CNN) and 0.66x (medium) the summed
+    estimate (peak RSS, 2026-12-06)."""
+    return max(1, DEFAULT_CHUNK_BYTES // max(1, forward_numel_per_sample(net, total=True) * elem))
+
+
 def forward_chunk(net: Network, grad: bool, elem: int, device) -> int:
     """Default samples per chunk of :func:`etb_forward`: :func:`memory_chunk`, and on CPU at most
-    what keeps the largest tensor about cache-sized."""
+    what keeps ``CACHE_TENSORS`` of the largest tensor about cache-sized."""
     chunk = memory_chunk(net, grad, elem)
     if device.type == "cpu":
-        chunk = min(chunk, max(1, CPU_CACHE_CHUNK_BYTES // max(1, forward_numel_per_sample(net) * elem)))
+        size = CACHE_TENSORS * forward_numel_per_sample(net) * elem
+        chunk = min(chunk, max(1, CPU_CACHE_CHUNK_BYTES // max(1, size)))
     return chunk
 
 
-def chunked(fn, N: int, chunk: int, *tensors):
-    """Runs ``fn`` on slices of ``chunk`` samples and concatenates; checkpoints when grads flow."""
+def chunked(fn, N: int, chunk: int, *tensors, keep: int = 0):
+    """Runs ``fn`` on slices of ``chunk`` samples and concatenates; checkpoints when grads flow.
+
+    ``keep``: the graphs of the chunks within the first ``keep`` samples are kept for backward
+    instead of checkpointed (recomputing a chunk's forward costs as much as running it), e.g. as
+    many samples as :func:`kept_samples` allows; the rest are checkpointed."""
     grad = torch.is_grad_enabled()
     outs = []
     for s in range(0, max(N, 1), chunk):  # N = 0: one call on the empty slices gives empty results
         args = [None if t is None else t[s:s + chunk] for t in tensors]
-        if grad and N > chunk:
+        if grad and N > chunk and s + chunk > keep:
             outs.append(checkpoint(fn, *args, use_reentrant=False))
         else:
             outs.append(fn(*args))

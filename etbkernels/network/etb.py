@@ -76,9 +76,12 @@ def forward_numel_per_sample(net: Network, total: bool = False) -> int:
             for d in op.out_shape:
                 out *= d
             if patch and _flatten_linear(stage, i):
-                # fused Flatten + Linear (flatten_linear_directions): (H W, C0 R^2, out) products
+                # fused Flatten + Linear (flatten_linear_directions): a copy of the patches and the
+                # (C0, canvas, out) result, the canvas covering the windows and the input
+                H, W = op.in_shape[1:]
                 out = stage[i + 1].out_shape[0]
-                peak = _acc(peak, op.in_shape[1] * op.in_shape[2] * c0 * rh * rw * out)
+                canvas = c0 * max((H - 1) * sh + rh, net.in_shape[1]) * max((W - 1) * sw + rw, net.in_shape[2])
+                peak = _acc(peak, op.in_shape[0] * H * W * c0 * rh * rw, canvas * out)
                 patch = False
             if patch and patches.supports(op):
                 conv = op.window_conv()
@@ -140,7 +143,10 @@ def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
         z = op.forward(z)
     out: List[CR] = []
     for k in range(1, len(net.stages)):
-        radius = patches.radius(P, r) if P is not None else abs_sum_directions(D)
+        # for the output alone a hidden radius only decides a mask: no graph for it (it was half of
+        # the small CNN's graph kept for backward)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not output_only):
+            radius = patches.radius(P, r) if P is not None else abs_sum_directions(D)
         out.append((z, radius))
         s = (z + radius > 0).to(z.dtype).detach() if masks is None else masks[k - 1]
         # without a graph the masks go in place (no new tensor): P and D are this chunk's own,

@@ -4,17 +4,19 @@ Row (c, h, w) of ``J_k`` (one neuron of a convolutional layer) is zero outside t
 receptive field, an ``R x R`` window of the input starting at ``(h * S - pad, w * S - pad)``.
 Storing only the windows,
 
-    P[b, h, w, c0, u, v, c] = J_k[b, (c, h, w), (c0, h * S - pad + u, w * S - pad + v)],
+    P[u, v, c0, b, h, w, c] = J_k[b, (c, h, w), (c0, h * S - pad + u, w * S - pad + v)],
 
 costs C_k H_k W_k C0 R^2 numbers per sample instead of C_k H_k W_k n (n = C0 H0 W0), and a
 convolution maps patches to patches: for each kernel tap (a, e),
 
-    P'[.., u + a d S, v + e d S, :] += P[.., h s + a d, w s + e d, .., u, v, :] @ W[:, :, a, e]^T,
+    P'[u + a d S, v + e d S, .., h, w, :] += P[u, v, .., h s + a d, w s + e d, :] @ W[:, :, a, e]^T,
 
 so R' = R + (K - 1) d S, S' = S s, pad' = pad + p S. Early conv layers have small windows, so
 this is several times cheaper than pushing all n input directions through them. Channels are
-kept last so each tap is one matmul. Only conv-like ops (Conv2d, per-channel affine, AvgPool2d)
-run in this form; :func:`to_directions` converts to the dense form before Flatten/Linear.
+kept last so each tap is one matmul, and the window offsets first, so the rows a tap adds to are
+one strided block of P' per window row: the matmul accumulates into P' in place. Only conv-like ops
+(Conv2d, per-channel affine, AvgPool2d) run in this form; :func:`to_directions` converts to the
+dense form before Flatten/Linear.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .patch_linear import canvas_matmul
 
 Patch = Tuple[Tensor, Tuple[int, int], Tuple[int, int]]  # (P, stride S, pad)
 
@@ -34,21 +37,21 @@ def supports(op) -> bool:
 
 
 def identity(in_shape, dtype, device) -> Patch:
-    """The input itself: 1 x 1 windows, (1, H0, W0, C0, 1, 1, C0)."""
+    """The input itself: 1 x 1 windows, (1, 1, C0, 1, H0, W0, C0)."""
     C0, H0, W0 = in_shape
-    eye = torch.eye(C0, dtype=dtype, device=device).reshape(1, 1, 1, C0, 1, 1, C0)
-    return eye.expand(1, H0, W0, C0, 1, 1, C0), (1, 1), (0, 0)
+    eye = torch.eye(C0, dtype=dtype, device=device).reshape(1, 1, C0, 1, 1, 1, C0)
+    return eye.expand(1, 1, C0, 1, H0, W0, C0), (1, 1), (0, 0)
 
 
 def grown_size(patch: Patch, op) -> int:
     """C0 * R'h * R'w after ``op``: the per-neuron numbers patches would store."""
     P, S, _ = patch
+    Rh, Rw, C0 = P.shape[:3]
     conv = op.window_conv()
     if conv is None:  # a per-channel scale
-        return P.shape[3] * P.shape[4] * P.shape[5]
+        return C0 * Rh * Rw
     kh, kw = conv.weight.shape[2:]
-    return P.shape[3] * (P.shape[4] + (kh - 1) * conv.dilation[0] * S[0]) * \
-        (P.shape[5] + (kw - 1) * conv.dilation[1] * S[1])
+    return C0 * (Rh + (kh - 1) * conv.dilation[0] * S[0]) * (Rw + (kw - 1) * conv.dilation[1] * S[1])
 
 
 def apply(patch: Patch, op) -> Patch:
@@ -89,21 +92,38 @@ def tap_matmul(x, w, groups, transpose=False):
     return torch.einsum("...gc,goc->...go", x.unflatten(-1, (groups, Cg)), wg).flatten(-2)
 
 
+def _pad_positions(P: Tensor, p0: int, p1: int) -> Tensor:
+    return F.pad(P, (0, 0, p1, p1, p0, p0)) if (p0 or p1) else P
+
+
+def _window_rows(t: Tensor, u0: int, v0: int, Rh: int, Rw: int) -> Tensor:
+    """The (Rh, Rw) window block of ``t`` (Rh2, Rw2, ...) at (u0, v0) as (Rh, Rw * rest, C): one
+    contiguous matrix per window row (a view)."""
+    blk = t[u0:u0 + Rh, v0:v0 + Rw]
+    return blk.view(Rh, -1, t.shape[-1])
+
+
 class _PatchConv(torch.autograd.Function):
-    """Conv2d on patches with a hand-written backward: autograd of the per-tap strided slices
-    would allocate a full-size zero gradient per tap; this accumulates into one buffer."""
+    """Conv2d on patches with a hand-written backward: each tap's product is accumulated into the
+    output's window rows by ``baddbmm_`` (no product tensor), and the backward reads the gradient
+    through the same views, accumulating into one gradient buffer (autograd of the per-tap strided
+    slices would allocate a full-size zero gradient per tap)."""
 
     @staticmethod
     def forward(ctx, P, W, S, stride, padding, dilation, groups, out_hw):
-        p0, p1 = padding
-        Pp = F.pad(P, (0, 0, 0, 0, 0, 0, 0, 0, p1, p1, p0, p0)) if (p0 or p1) else P
-        B, _, _, C0, Rh, Rw, _ = P.shape
+        Pp = _pad_positions(P, *padding)
+        Rh, Rw, C0, B = P.shape[:4]
         Co = W.shape[0]
         kh, kw = W.shape[2:]
         Rh2, Rw2 = Rh + (kh - 1) * dilation[0] * S[0], Rw + (kw - 1) * dilation[1] * S[1]
-        out = P.new_zeros(B, out_hw[0], out_hw[1], C0, Rh2, Rw2, Co)
+        out = P.new_zeros(Rh2, Rw2, C0, B, out_hw[0], out_hw[1], Co)
         for a, e, rows, cols, u0, v0 in _taps(W, S, stride, dilation, out_hw):
-            out[:, :, :, :, u0:u0 + Rh, v0:v0 + Rw] += tap_matmul(Pp[:, rows, cols], W[:, :, a, e], groups)
+            x = Pp[:, :, :, :, rows, cols].reshape(Rh, -1, Pp.shape[-1])  # a copy: the positions are strided
+            target = _window_rows(out, u0, v0, Rh, Rw)
+            if groups == 1:
+                target.baddbmm_(x, W[:, :, a, e].T.expand(Rh, -1, -1))
+            else:
+                target += tap_matmul(x, W[:, :, a, e], groups)
         ctx.save_for_backward(P, W)
         ctx.meta = (S, stride, padding, dilation, groups, out_hw)
         return out
@@ -113,56 +133,59 @@ class _PatchConv(torch.autograd.Function):
     def backward(ctx, grad_out):
         P, W = ctx.saved_tensors
         S, stride, (p0, p1), dilation, groups, out_hw = ctx.meta
-        B, H, Wd, C0, Rh, Rw, C = P.shape
+        Rh, Rw, C0, B, H, Wd, C = P.shape
         need_p, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        Pp = F.pad(P, (0, 0, 0, 0, 0, 0, 0, 0, p1, p1, p0, p0)) if (p0 or p1) else P
+        grad_out = grad_out.contiguous()
+        Pp = _pad_positions(P, p0, p1)
         gPp = torch.zeros_like(Pp) if need_p else None
         gW = torch.zeros_like(W) if need_w else None
         Co, Cg = W.shape[:2]
+        sub = (Rh, Rw, C0, B, out_hw[0], out_hw[1])
         for a, e, rows, cols, u0, v0 in _taps(W, S, stride, dilation, out_hw):
-            g = grad_out[:, :, :, :, u0:u0 + Rh, v0:v0 + Rw]
+            g = _window_rows(grad_out, u0, v0, Rh, Rw)  # (Rh, Rw rest, Co), a view
             if need_p:
-                gPp[:, rows, cols] += tap_matmul(g, W[:, :, a, e], groups, transpose=True)
-            if need_w:
-                x = Pp[:, rows, cols]
-                if x.shape[0] != g.shape[0]:
-                    x = x.expand((g.shape[0],) + x.shape[1:])
                 if groups == 1:
-                    gW[:, :, a, e] += g.reshape(-1, Co).T @ x.reshape(-1, C)
+                    gx = torch.bmm(g, W[:, :, a, e].expand(Rh, -1, -1))
                 else:
-                    gW[:, :, a, e] += torch.einsum("mgo,mgc->goc", g.reshape(-1, groups, Co // groups),
-                                                   x.reshape(-1, groups, Cg)).reshape(Co, Cg)
+                    gx = tap_matmul(g, W[:, :, a, e], groups, transpose=True)
+                gPp[:, :, :, :, rows, cols] += gx.view(sub + (C,))
+            if need_w:
+                x = Pp[:, :, :, :, rows, cols].reshape(Rh, -1, C)
+                if groups == 1:
+                    gW[:, :, a, e] += torch.bmm(g.transpose(1, 2), x).sum(0)
+                else:
+                    gW[:, :, a, e] += torch.einsum("kmgo,kmgc->goc", g.unflatten(-1, (groups, Co // groups)),
+                                                   x.unflatten(-1, (groups, Cg))).reshape(Co, Cg)
         gP = None
         if need_p:
-            gP = gPp[:, p0:p0 + H, p1:p1 + Wd] if (p0 or p1) else gPp
-            if gP.shape[0] != P.shape[0]:
-                gP = gP.sum(0, keepdim=True)
+            gP = gPp[:, :, :, :, p0:p0 + H, p1:p1 + Wd] if (p0 or p1) else gPp
         return gP, gW, None, None, None, None, None, None
 
 
 def _unfold_radius(patch: Patch, r: Tensor) -> Tensor:
-    """r in window layout: (N, C0, Rh, Rw, H, W) with r[b, c0, h S - pad + u, w S - pad + v]."""
+    """r in window layout: (Rh, Rw, C0, N, H, W) with r[b, c0, h S - pad + u, w S - pad + v]."""
     P, S, pad = patch
-    H, W, C0, Rh, Rw = P.shape[1:6]
+    Rh, Rw, C0, _, H, W = P.shape[:6]
     H0, W0 = r.shape[2:]
     Ht, Wt = (H - 1) * S[0] + Rh, (W - 1) * S[1] + Rw  # the padded extent the windows cover
     # pad, then crop what the windows do not reach: F.pad's own negative amounts would crop the
     # input before padding it and fail where a window lies in the padding only
     rp = F.pad(r, (pad[1], max(0, Wt - W0 - pad[1]), pad[0], max(0, Ht - H0 - pad[0])))[..., :Ht, :Wt]
-    return F.unfold(rp, (Rh, Rw), stride=S).reshape(r.shape[0], C0, Rh, Rw, H, W)
+    ru = F.unfold(rp, (Rh, Rw), stride=S).reshape(r.shape[0], C0, Rh, Rw, H, W)
+    return ru.permute(2, 3, 1, 0, 4, 5)
 
 
 def radius(patch: Patch, r: Tensor) -> Tensor:
     """``|J_k| r`` per neuron, in layer layout (N, C, H, W); r is (N, C0, H0, W0)."""
     P = patch[0]
     N = r.shape[0]
-    _, H, W, C0, Rh, Rw, C = P.shape
-    ru = _unfold_radius(patch, r).permute(0, 4, 5, 1, 2, 3).reshape(N * H * W, 1, C0 * Rh * Rw)
+    Rh, Rw, C0, _, H, W, C = P.shape
     A = P.abs()
-    if A.shape[0] != N:
-        A = A.expand((N,) + A.shape[1:])
-    # one (1 x C0 R^2) @ (C0 R^2 x C) product per neuron position, reading P in its own layout
-    rad = torch.matmul(ru, A.reshape(N * H * W, C0 * Rh * Rw, C))
+    if A.shape[3] != N:
+        A = A.expand(Rh, Rw, C0, N, H, W, C)
+    ru = _unfold_radius(patch, r).reshape(Rh * Rw * C0, N * H * W, 1)
+    # the window entries lead, so the sum over them runs over whole contiguous rows
+    rad = (A.reshape(Rh * Rw * C0, N * H * W, C) * ru).sum(0)
     return rad.reshape(N, H, W, C).permute(0, 3, 1, 2)
 
 
@@ -172,16 +195,21 @@ def mask(patch: Patch, s: Tensor, inplace: bool = False) -> Patch:
     ``inplace``: multiply P itself (no new tensor) where P already has the full batch; only for
     a P that nothing else holds and no graph records."""
     P, S, pad = patch
-    sv = s.permute(0, 2, 3, 1)[:, :, :, None, None, None, :]
-    if inplace and P.shape[0] == s.shape[0]:
-        return P.mul_(sv), S, pad
-    return P * sv, S, pad
+    Rh, Rw, C0, B = P.shape[:4]
+    N = s.shape[0]
+    # as (window entries, batch, rest): one broadcast dimension (P is contiguous: made by apply, or
+    # the identity's expand of batch 1 after a first conv)
+    Pv = P.reshape(Rh * Rw * C0, B, -1)
+    sv = s.permute(0, 2, 3, 1).reshape(1, N, -1)
+    if inplace and B == N:
+        return Pv.mul_(sv).view(P.shape), S, pad
+    return (Pv * sv).view((Rh, Rw, C0, N) + P.shape[4:]), S, pad
 
 
 def _canvas_size(patch: Patch, H0: int, W0: int) -> Tuple[int, int]:
     """Rows and columns of a canvas that holds every window and the (padded) input."""
     P, S, pad = patch
-    H, W, _, Rh, Rw = P.shape[1:6]
+    Rh, Rw, _, _, H, W = P.shape[:6]
     return max((H - 1) * S[0] + Rh, pad[0] + H0), max((W - 1) * S[1] + Rw, pad[1] + W0)
 
 
@@ -189,14 +217,14 @@ def to_directions(patch: Patch, r: Tensor) -> Tensor:
     """Dense ``J_k diag(r)`` in direction-major layout (N, n, C, H, W)."""
     P, S, pad = patch
     N = r.shape[0]
-    if P.shape[0] != N:
-        P = P.expand((N,) + P.shape[1:])
-    _, H, W, C0, Rh, Rw, C = P.shape
+    Rh, Rw, C0, _, H, W, C = P.shape
+    if P.shape[3] != N:
+        P = P.expand(Rh, Rw, C0, N, H, W, C)
     H0, W0 = r.shape[2:]
     Yc, Xc = _canvas_size(patch, H0, W0)
     h, w, u, v = torch.meshgrid(*(torch.arange(k, device=P.device) for k in (H, W, Rh, Rw)), indexing="ij")
     index = (((h * S[0] + u) * Xc + (w * S[1] + v)) * H + h) * W + w  # canvas (y, x, h, w) per (h, w, u, v)
-    src = P.permute(0, 3, 1, 2, 4, 5, 6).reshape(N, C0, H * W * Rh * Rw, C)
+    src = P.permute(3, 2, 4, 5, 0, 1, 6).reshape(N, C0, H * W * Rh * Rw, C)
     canvas = P.new_zeros(N, C0, Yc * Xc * H * W, C).index_copy(2, index.flatten(), src)
     J = canvas.reshape(N, C0, Yc, Xc, H, W, C)[:, :, pad[0]: pad[0] + H0, pad[1]: pad[1] + W0]
     D = J * r[:, :, :, :, None, None, None]
@@ -206,26 +234,16 @@ def to_directions(patch: Patch, r: Tensor) -> Tensor:
 def flatten_linear_directions(patch: Patch, weight: Tensor, r: Tensor) -> Tensor:
     """Dense ``W J_k diag(r)`` for ``Linear(Flatten(.))`` straight from patches: (N, n, out).
 
-    One batched matmul over positions contracts each position's (C0, R, R, C) window with the
-    Linear columns of that position (out * C * C0 R^2 per position instead of out * C * n).
-    The windows are ordered (u, v, sample) inside each position, so the product is already a
-    stack of (sample, out) slabs, one per window entry, that one ``index_add`` over dim 0 adds
-    into the input canvas (its backward is one ``index_select``); no transpose of the product,
-    which is R^2 H W / n times larger than the result, is ever made.
+    Each position's (C0, R, R, C) window is contracted with the Linear columns of that position
+    (out * C * C0 R^2 per position instead of out * C * n) and added into the input canvas where
+    the window lies (:mod:`.patch_linear`).
     """
     P, S, pad = patch
     N = r.shape[0]
-    if P.shape[0] != N:
-        P = P.expand((N,) + P.shape[1:])
-    _, H, W, C0, Rh, Rw, C = P.shape
-    out_f = weight.shape[0]
+    if P.shape[3] != N:
+        P = P.expand(P.shape[:3] + (N,) + P.shape[4:])
+    C0 = P.shape[2]
     H0, W0 = r.shape[2:]
-    w = weight.reshape(out_f, C, H * W).permute(2, 1, 0).contiguous()  # (HW, C, out)
-    A = P.permute(1, 2, 4, 5, 0, 3, 6).reshape(H * W, Rh * Rw * N * C0, C)  # (h w, u v b c0, c)
-    Y = torch.bmm(A, w).reshape(H * W * Rh * Rw, N * C0, out_f)
-    Yc, Xc = _canvas_size(patch, H0, W0)
-    h, w_, u, v = torch.meshgrid(*(torch.arange(k, device=P.device) for k in (H, W, Rh, Rw)), indexing="ij")
-    index = ((h * S[0] + u) * Xc + (w_ * S[1] + v)).flatten()  # canvas position of each window entry
-    canvas = P.new_zeros(Yc * Xc, N * C0, out_f).index_add(0, index, Y)  # backward: one index_select
-    J = canvas.reshape(Yc, Xc, N, C0, out_f)[pad[0]: pad[0] + H0, pad[1]: pad[1] + W0].permute(2, 3, 0, 1, 4)
-    return (J * r[..., None]).reshape(N, C0 * H0 * W0, out_f)
+    canvas = canvas_matmul(P, weight, S, _canvas_size(patch, H0, W0))  # (Yc, Xc, N, C0, out)
+    J = canvas[pad[0]: pad[0] + H0, pad[1]: pad[1] + W0].permute(2, 3, 0, 1, 4)
+    return (J * r[..., None]).reshape(N, C0 * H0 * W0, weight.shape[0])
