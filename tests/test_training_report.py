@@ -24,7 +24,7 @@ def _run(folder, name, method, eps, *, finished=True, images=(50_000, 25_000), c
         (run / f"eval_eps{eps}.json").write_text(json.dumps(main))
         if other:
             (run / "mask_etb").mkdir()
-            (run / "mask_etb" / f"eval_eps{eps}.json").write_text(json.dumps(dict(main, etb_violation_rate=0.125)))
+            (run / "mask_etb" / f"eval_eps{eps}.json").write_text(json.dumps(dict(main, etb_violation_rate=0.125, etb_expected_acc=0.875)))
 
 
 def test_rows_and_table(tmp_path):
@@ -39,11 +39,11 @@ def test_rows_and_table(tmp_path):
     lines = markdown_table(rows).splitlines()
     assert len(lines) == 5 and all(line.count("|") == lines[0].count("|") for line in lines)
     cells = [c.strip() for c in lines[4].strip("|").split("|")]
-    assert cells[:12] == ["0.3", "etb-attack", "97.00%", "90.00%", "80.00%", "81.00%", "82.00%", "83.00%", "93.00%",
-                          "+3.00", "4.00%", "12.50%"]
+    assert cells[:12] == ["0.3", "etb-attack", "97.00%", "90.00%", "80.00%", "81.00%", "82.00%", "83.00%",
+                          "93.00% (+3.00)", "4.00%", "87.50% (-2.50)", "12.50%"]
     assert cells[12:] == ["200", "1.50", "320", "8.0", "2.0"]
     assert "ibp (training)" in lines[3] and lines[3].count("…") >= 10  # not evaluated yet
-    assert [c.strip() for c in lines[2].split("|")][12] == "…"  # pgd: no other-mask evaluation
+    assert [c.strip() for c in lines[2].split("|")][11:13] == ["…", "…"]  # pgd: no other-mask evaluation
 
 
 def test_spread_separates_every_pair_and_leaves_far_points_alone():
