@@ -61,3 +61,34 @@ def test_default_chunk_cpu_cache_cap(make, grad):
     assert cpu == min(memory, max(1, CPU_CACHE_CHUNK_BYTES // size))
     assert cpu == 1 or cpu * size <= CPU_CACHE_CHUNK_BYTES < (cpu + 1) * size
     assert cpu < memory  # every zoo model is capped: the rule changes something
+
+
+@pytest.mark.parametrize("make", [models.small_cnn, models.medium_cnn])
+def test_saved_graph_estimate_matches_the_saved_tensors(make, monkeypatch):
+    """kept_samples sizes the kept graphs of mask="etb" by saved_numel_per_sample: within 10% of the
+    bytes an output-only chunk's graph saves per sample (the parameters, shared, left out)."""
+    from etbkernels.network import chunking
+    from etbkernels.network.etb import saved_numel_per_sample
+    from etbkernels.network.etb_tail import tail_start
+    from etbkernels.nn import BoundedModel
+
+    torch.manual_seed(0)
+    model, B = make(), 8
+    x, y = torch.rand(B, 1, 28, 28), torch.randint(0, 10, (B,))
+    monkeypatch.setattr(chunking, "kept_samples", lambda *a: B)  # no chunk checkpointed
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        BoundedModel(model, method="etb", mask="etb", clip=(0.0, 1.0)).robust_loss(x, y, 0.1)
+    net = parse_model(model, (1, 28, 28), x[:1])
+    estimate = saved_numel_per_sample(net, tail_start(net, 10)) * 4
+    assert 0.9 < estimate / (sum(saved.values()) / B) < 1.1
+    monkeypatch.undo()
+    assert chunking.kept_samples(net, 4, tail_start(net, 10)) == DEFAULT_CHUNK_BYTES // estimate

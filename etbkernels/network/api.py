@@ -11,7 +11,8 @@ from ..bounds_type import Bounds
 from .crown_ibp import crown_backward
 from .crown_forward import crown_forward, intersect
 from .crown_full import crown_layers, graph_numel_per_sample
-from .etb import etb_backward, etb_forward, first_stage_directions
+from .etb import etb_backward, etb_forward, first_stage_directions, out_rows
+from .etb_tail import tail_start
 from . import chunking, dag_methods
 from .arguments import box, check_masks, check_options, check_params, check_spec, check_x
 from .chunking import backward_chunk, forward_chunk, needs_grad, split_spec
@@ -217,7 +218,8 @@ def _etb(net: Network, mu, r, mask, center_at, spec, return_layers, chunk_size) 
         return tuple(t for cr in (res if return_layers else res[-1:]) for t in cr)
 
     # with the default chunks, as many samples' graphs as the memory target allows skip the checkpoint
-    keep = 0 if chunk_size or not grad or return_layers else chunking.kept_samples(net, elem)
+    tail = tail_start(net, out_rows(net, spec)) if given is None else None
+    keep = 0 if chunk_size or not grad or return_layers else chunking.kept_samples(net, elem, tail)
     flat = chunking.chunked(run, N, chunk, mu, r, spec3, *masks, keep=keep)
     return [Bounds.from_center_radius(flat[2 * k], flat[2 * k + 1]) for k in range(len(flat) // 2)]
 

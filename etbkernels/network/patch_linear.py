@@ -39,6 +39,11 @@ def _blocks(canvas: Tensor, Rh: int, Rw: int, H: int, W: int, S, NC0: int):
             yield u, w, rows[:, w * S[1] * NC0: (w * S[1] + Rw) * NC0]
 
 
+def _position_major(weight: Tensor, C: int, H: int, W: int) -> Tensor:
+    """nn.Linear's (out, C H W) weight as (W, H, C, out), contiguous: one (C, out) matrix per position."""
+    return weight.reshape(weight.shape[0], C, H, W).permute(3, 2, 1, 0).contiguous()
+
+
 class _CanvasMatmul(torch.autograd.Function):
     """Forward and backward as one strided ``bmm`` per (window row, column of positions); the backward
     reads the canvas gradient through the same views instead of gathering a large product."""
@@ -49,20 +54,22 @@ class _CanvasMatmul(torch.autograd.Function):
         out_f = weight.shape[0]
         # (W, Rh, H, Rw N C0, C): the rows each block needs, contiguous
         A = P.permute(5, 0, 4, 1, 3, 2, 6).reshape(W, Rh, H, Rw * N * C0, C)
-        w = weight.reshape(out_f, C, H, W).permute(3, 2, 1, 0).contiguous()  # (W, H, C, out)
+        w = _position_major(weight, C, H, W)
         Yc, Xc = canvas_hw
         canvas = P.new_zeros(Yc, Xc * N * C0, out_f)
         for u, c, block in _blocks(canvas, Rh, Rw, H, W, S, N * C0):
             block.baddbmm_(A[c, u], w[c])
-        ctx.save_for_backward(A, w)
+        # the weight, not its per-chunk copy w: a kept chunk's graph would hold one copy each
+        ctx.save_for_backward(A, weight)
         ctx.meta = (P.shape, S)
         return canvas.view(Yc, Xc, N, C0, out_f)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        A, w = ctx.saved_tensors
+        A, weight = ctx.saved_tensors
         (Rh, Rw, C0, N, H, W, C), S = ctx.meta
+        w = _position_major(weight, C, H, W)
         out_f = w.shape[-1]
         g = grad.contiguous().view(grad.shape[0], -1, out_f)
         need_p, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]

@@ -117,11 +117,14 @@ class _PatchConv(torch.autograd.Function):
         kh, kw = W.shape[2:]
         Rh2, Rw2 = Rh + (kh - 1) * dilation[0] * S[0], Rw + (kw - 1) * dilation[1] * S[1]
         out = P.new_zeros(Rh2, Rw2, C0, B, out_hw[0], out_hw[1], Co)
+        # each tap's (C, Co) matrix contiguous: W[:, :, a, e] has no unit stride, so BLAS copied it
+        # for every matrix of the batch
+        Wt = W.permute(2, 3, 1, 0).contiguous() if groups == 1 else None
         for a, e, rows, cols, u0, v0 in _taps(W, S, stride, dilation, out_hw):
             x = Pp[:, :, :, :, rows, cols].reshape(Rh, -1, Pp.shape[-1])  # a copy: the positions are strided
             target = _window_rows(out, u0, v0, Rh, Rw)
             if groups == 1:
-                target.baddbmm_(x, W[:, :, a, e].T.expand(Rh, -1, -1))
+                target.baddbmm_(x, Wt[a, e].expand(Rh, -1, -1))
             else:
                 target += tap_matmul(x, W[:, :, a, e], groups)
         ctx.save_for_backward(P, W)
@@ -140,22 +143,26 @@ class _PatchConv(torch.autograd.Function):
         gPp = torch.zeros_like(Pp) if need_p else None
         gW = torch.zeros_like(W) if need_w else None
         Co, Cg = W.shape[:2]
+        Wt = W.permute(2, 3, 0, 1).contiguous() if groups == 1 else None  # (Co, C) per tap, as in forward
+        gWt = W.new_zeros(W.shape[2:] + W.shape[:2]) if need_w and groups == 1 else None
         sub = (Rh, Rw, C0, B, out_hw[0], out_hw[1])
         for a, e, rows, cols, u0, v0 in _taps(W, S, stride, dilation, out_hw):
             g = _window_rows(grad_out, u0, v0, Rh, Rw)  # (Rh, Rw rest, Co), a view
             if need_p:
                 if groups == 1:
-                    gx = torch.bmm(g, W[:, :, a, e].expand(Rh, -1, -1))
+                    gx = torch.bmm(g, Wt[a, e].expand(Rh, -1, -1))
                 else:
                     gx = tap_matmul(g, W[:, :, a, e], groups, transpose=True)
                 gPp[:, :, :, :, rows, cols] += gx.view(sub + (C,))
             if need_w:
                 x = Pp[:, :, :, :, rows, cols].reshape(Rh, -1, C)
                 if groups == 1:
-                    gW[:, :, a, e] += torch.bmm(g.transpose(1, 2), x).sum(0)
+                    gWt[a, e] += torch.bmm(g.transpose(1, 2), x).sum(0)
                 else:
                     gW[:, :, a, e] += torch.einsum("kmgo,kmgc->goc", g.unflatten(-1, (groups, Co // groups)),
                                                    x.unflatten(-1, (groups, Cg))).reshape(Co, Cg)
+        if gWt is not None:
+            gW = gWt.permute(2, 3, 0, 1)
         gP = None
         if need_p:
             gP = gPp[:, :, :, :, p0:p0 + H, p1:p1 + Wd] if (p0 or p1) else gPp
