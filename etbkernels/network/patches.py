@@ -20,6 +20,8 @@ dense form before Flatten/Linear.
 """
 from __future__ import annotations
 
+import math
+
 from typing import Tuple
 
 import torch
@@ -206,8 +208,9 @@ def mask(patch: Patch, s: Tensor, inplace: bool = False) -> Patch:
     N = s.shape[0]
     # as (window entries, batch, rest): one broadcast dimension (P is contiguous: made by apply, or
     # the identity's expand of batch 1 after a first conv)
-    Pv = P.reshape(Rh * Rw * C0, B, -1)
-    sv = s.permute(0, 2, 3, 1).reshape(1, N, -1)
+    rest = math.prod(P.shape[4:])  # explicit: -1 is ambiguous for an empty batch
+    Pv = P.reshape(Rh * Rw * C0, B, rest)
+    sv = s.permute(0, 2, 3, 1).reshape(1, N, rest)
     if inplace and B == N:
         return Pv.mul_(sv).view(P.shape), S, pad
     return (Pv * sv).view((Rh, Rw, C0, N) + P.shape[4:]), S, pad
