@@ -13,7 +13,7 @@ from etbkernels.cli import main
 from etbkernels.training import load_checkpoint
 from etbkernels.training import loop as T
 from etbkernels.training.data import build_model
-from tiny_data import fashion_folder
+from tiny_data import fashion_folder, train_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 NEW_METHODS = ("crown-ibp", "pgd", "etb-interp", "etb-attack")
@@ -25,10 +25,7 @@ def fashion(tmp_path_factory):
     return fashion_folder(tmp_path_factory.mktemp("fashion"), 24, 6, seed=2)
 
 
-def _train(fashion, out, *extra):
-    return main(["train", "--dataset", "fashion-mnist", "--data-dir", str(fashion), "--model", "mlp",
-                 "--mlp-widths", "8", "--batch-size", "8", "--threads", "1", "--no-progress", "--eps", "0.1",
-                 "--out", str(out), *extra])
+_train = train_tiny
 
 
 @pytest.mark.parametrize("method,option,key,value", [

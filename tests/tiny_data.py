@@ -24,3 +24,12 @@ def fashion_folder(folder, n_train: int = 24, n_test: int = 6, seed: int = 1) ->
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
     return folder
+
+
+def train_tiny(fashion, out, *extra):
+    """`python -m etbkernels train` of a width-8 MLP on a tiny Fashion-MNIST folder, batch 8, eps 0.1, one
+    thread, no progress; ``extra`` adds or overrides options. Returns the exit status."""
+    from etbkernels.cli import main
+    return main(["train", "--dataset", "fashion-mnist", "--data-dir", str(fashion), "--model", "mlp",
+                 "--mlp-widths", "8", "--batch-size", "8", "--threads", "1", "--no-progress", "--eps", "0.1",
+                 "--out", str(out), *extra])
