@@ -61,7 +61,8 @@ def test_budget_stops_mid_epoch_and_drives_the_schedules(fashion, tmp_path, monk
     st = load_checkpoint(tmp_path / "run")
     assert st["step"] == 7 and st["epoch"] == 3 and st["budget_used_s"] == pytest.approx(1.75)
     assert [h["images"] for h in st["history"]] == [24, 24, 8]
-    assert json.loads((tmp_path / "run" / "train_log.json").read_text())["finished"] is True
+    log = json.loads((tmp_path / "run" / "train_log.json").read_text())
+    assert log["finished"] is True and log["train_images"] == 24
     # a finished budget run resumes to nothing
     assert _train(fashion, tmp_path / "run", "--method", "ibp", "--epochs", "50", "--budget-cpu-minutes",
                   str(1.75 / 60), "--eps-schedule", "0.25,0.5", "--lr-milestones", "50", "--kappa", "0.5",

@@ -16,7 +16,8 @@ def _run(folder, name, method, eps, *, finished=True, images=(50_000, 25_000), c
     hist = [{"epoch": i + 1, "steps": 100 * (i + 1), "images": n, "time_s": 60.0, "budget_used_s": cpu * (i + 1) / len(images)}
             for i, n in enumerate(images)]
     cfg = {"method": method, "eps": eps, "dataset": "mnist", "limit": None, "budget_cpu_minutes": 8}
-    (run / "train_log.json").write_text(json.dumps({"config": cfg, "history": hist, "finished": finished}))
+    (run / "train_log.json").write_text(json.dumps({"config": cfg, "history": hist, "finished": finished,
+                                                    "train_images": 50_000}))
     if evals:
         main = {"eps": eps, "clean_acc": 0.97, "pgd_acc": 0.90, "ibp_verified_acc": 0.80, "crown_verified_acc": 0.81,
                 "crown_forward_verified_acc": 0.82, "verified_acc": 0.83, "etb_expected_acc": 0.93,

@@ -384,7 +384,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
                      "scheduler": _sched_to_plain(sched.state_dict()),
                      "rng": {"torch": torch.get_rng_state()}, "history": history}
             save_checkpoint(state, ckpt_path)
-            write_json_atomic(out / "train_log.json", {"config": cfg.to_dict(), "history": history,
+            write_json_atomic(out / "train_log.json", {"config": cfg.to_dict(), "history": history, "train_images": n,
                                                        "finished": budget_s is not None and used_s >= budget_s
                                                        or epoch + 1 == cfg.epochs})
             log(f"epoch {epoch + 1}: loss {history[-1]['loss']:.4f}, train acc {100 * history[-1]['train_acc']:.2f}%, "

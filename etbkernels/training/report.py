@@ -29,7 +29,9 @@ def collect_runs(folder: Union[str, Path]) -> List[Dict]:
         hist, cfg = log["history"], log["config"]
         images = sum(h.get("images", 0) for h in hist)
         cpu_s = hist[-1].get("budget_used_s") if hist else None
-        train_n = 50_000 if cfg["dataset"] == "mnist" and not cfg.get("limit") else cfg.get("limit")
+        # the training set's size, as the run recorded it (logs written before it was recorded: a full
+        # first epoch saw all of it)
+        train_n = log.get("train_images") or (hist[0].get("images") if len(hist) > 1 else None)
         base = {"run": run.name, "method": cfg["method"], "train_eps": cfg["eps"] if cfg["method"] != "nominal" else 0.0,
                 "finished": bool(log.get("finished")), "steps": hist[-1]["steps"] if hist else 0,
                 "epochs": images / train_n if train_n else None, "cpu_min": None if cpu_s is None else cpu_s / 60,
