@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from etbkernels.network import patches
 from etbkernels.network.layers import ConvOp
@@ -133,3 +134,38 @@ def test_kept_chunks_give_the_checkpointed_gradients(monkeypatch):
     assert len(calls) == 3  # chunks at 2, 4, 6 are checkpointed, the one at 0 kept
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("hidden", [(), (9, 6)])
+def test_checkpoint_recomputation_replays_the_masks(monkeypatch, hidden):
+    """A checkpointed chunk's recomputation reuses the masks its forward decided (no hidden radius
+    or lazy-tail decision runs in backward) and gives the gradients of one unchunked pass, in the
+    input, the radius and every weight."""
+    from etbkernels import bounds
+    from etbkernels.network import api, chunking, etb, etb_tail, patches
+
+    torch.manual_seed(1)
+    widths = (3 * 5 * 5,) + hidden + (4,)
+    layers = [nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 3, 3, stride=2), nn.ReLU(), nn.Flatten()]
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    model = nn.Sequential(*layers[:-1]).double()
+    x = torch.rand(5, 1, 13, 13, dtype=torch.float64, requires_grad=True)
+    eps = torch.full_like(x, 0.05, requires_grad=True)
+    wrt = [x, eps] + list(model.parameters())
+    want = torch.autograd.grad(bounds(model, x, eps, chunk_size=5).radius.sum(), wrt)
+    monkeypatch.setattr(api, "forward_chunk", lambda *a: 2)
+    monkeypatch.setattr(chunking, "kept_samples", lambda *a: 0)  # every chunk checkpointed
+    decided = []
+    for mod, name in [(patches, "radius"), (etb, "abs_sum_directions"), (etb_tail, "_decide")]:
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, real=real, name=name, **k: decided.append(name) or real(*a, **k))
+    b = bounds(model, x, eps)
+    in_forward = len(decided)
+    assert in_forward >= 3 * 2  # three chunks, two hidden ReLUs at least
+    got = torch.autograd.grad(b.radius.sum(), wrt)
+    # the recomputation decided nothing: at most each chunk's output radius (no lazy tail) again
+    assert set(decided[in_forward:]) <= {"abs_sum_directions"} and len(decided) - in_forward <= 3, decided
+    assert ("_decide" in decided) == bool(hidden)  # with hidden Linear layers the lazy tail ran
+    for a, w in zip(got, want):
+        torch.testing.assert_close(a, w)

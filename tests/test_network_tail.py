@@ -161,3 +161,23 @@ def test_lazy_gradcheck(name, make, shape):
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     eps = torch.full(shape, 0.05, dtype=torch.float64, requires_grad=True)
     assert gradcheck_bounds(model, lins, x, eps, center_at="linear")
+
+
+@pytest.mark.parametrize("N,n,R,h", [(1, 1, 1, 1), (3, 7, 10, 5), (2, 13, 1, 17)])
+def test_radius_of_rows_matches_formula_and_gradcheck(N, n, R, h):
+    # the hand-written backward of sum over directions |rows D^T| against the plain formula
+    D = torch.randn(N, n, h, dtype=torch.float64, requires_grad=True)
+    rows = torch.randn(N, R, h, dtype=torch.float64, requires_grad=True)
+    r = torch.rand(N, n, dtype=torch.float64)
+    got = etb_tail.radius_of_rows(D, rows, r)
+    want = torch.einsum("nkh,nrh->nkr", D, rows).abs().sum(1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(got)
+    gD, grows = torch.autograd.grad(got, (D, rows), g)
+    wD, wrows = torch.autograd.grad(want, (D, rows), g, retain_graph=True)
+    torch.testing.assert_close(gD, wD, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grows, wrows, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda a, b: etb_tail.radius_of_rows(a, b, r), (D, rows))
+    # one input without gradients: only the other's is formed
+    (only,) = torch.autograd.grad(etb_tail.radius_of_rows(D.detach(), rows, r).sum(), rows)
+    torch.testing.assert_close(only, torch.autograd.grad(want.sum(), rows)[0], rtol=1e-12, atol=1e-12)

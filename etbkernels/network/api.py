@@ -212,15 +212,16 @@ def _etb(net: Network, mu, r, mask, center_at, spec, return_layers, chunk_size) 
     # with gradients, a chunk's whole graph (every layer's tensors) is alive in backward
     chunk = chunk_size or forward_chunk(net, grad, elem, mu.device)
 
-    def run(mu_c, r_c, spec_c, *masks_c):
+    def run(mu_c, r_c, spec_c, *masks_c, record=None):
         res = etb_forward(net, mu_c, r_c, first, center_at, masks_c if given is not None else None,
-                          spec2 if spec_c is None else spec_c, output_only=not return_layers)
+                          spec2 if spec_c is None else spec_c, output_only=not return_layers, record=record)
         return tuple(t for cr in (res if return_layers else res[-1:]) for t in cr)
 
     # with the default chunks, as many samples' graphs as the memory target allows skip the checkpoint
     tail = tail_start(net, out_rows(net, spec)) if given is None else None
     keep = 0 if chunk_size or not grad or return_layers else chunking.kept_samples(net, elem, tail)
-    flat = chunking.chunked(run, N, chunk, mu, r, spec3, *masks, keep=keep)
+    # a checkpointed chunk's recomputation replays the masks its forward decided
+    flat = chunking.chunked(run, N, chunk, mu, r, spec3, *masks, keep=keep, record=not return_layers)
     return [Bounds.from_center_radius(flat[2 * k], flat[2 * k + 1]) for k in range(len(flat) // 2)]
 
 

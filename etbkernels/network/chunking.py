@@ -2,6 +2,8 @@
 cache rules) and the chunked runner, shared by every method's driver."""
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
@@ -21,6 +23,11 @@ CPU_CACHE_CHUNK_BYTES = 32 << 20
 #: input, the tap's copy of it and its output), all of which the cache should hold: with one, the
 #: medium CNN's chunks of 13 ran 1.3x slower than chunks of 4 (no gradients, 1 thread, 2026-12-06).
 CACHE_TENSORS = 3
+#: With gradients, chunks this many times the cache rule's: the backward's matmuls (the patches
+#: convolutions' weight and input gradients) get as many times the rows. Medium CNN training step,
+#: batch 256, 1 thread: chunks of 8 about 5% faster than 4, and 6, 8 and 12 within noise of each
+#: other; small CNN: 8 and 16 within noise (2026-12-06).
+GRAD_CACHE_FACTOR = 2
 
 
 def split_spec(spec):
@@ -61,26 +68,30 @@ def kept_samples(net: Network, elem: int, tail=None) -> int:
 
 def forward_chunk(net: Network, grad: bool, elem: int, device) -> int:
     """Default samples per chunk of :func:`etb_forward`: :func:`memory_chunk`, and on CPU at most
-    what keeps ``CACHE_TENSORS`` of the largest tensor about cache-sized."""
+    what keeps ``CACHE_TENSORS`` of the largest tensor about cache-sized (``GRAD_CACHE_FACTOR``
+    times that with gradients)."""
     chunk = memory_chunk(net, grad, elem)
     if device.type == "cpu":
         size = CACHE_TENSORS * forward_numel_per_sample(net) * elem
-        chunk = min(chunk, max(1, CPU_CACHE_CHUNK_BYTES // max(1, size)))
+        cached = max(1, CPU_CACHE_CHUNK_BYTES // max(1, size))
+        chunk = min(chunk, cached * GRAD_CACHE_FACTOR if grad else cached)
     return chunk
 
 
-def chunked(fn, N: int, chunk: int, *tensors, keep: int = 0):
+def chunked(fn, N: int, chunk: int, *tensors, keep: int = 0, record: bool = False):
     """Runs ``fn`` on slices of ``chunk`` samples and concatenates; checkpoints when grads flow.
 
     ``keep``: the graphs of the chunks within the first ``keep`` samples are kept for backward
     instead of checkpointed (recomputing a chunk's forward costs as much as running it), e.g. as
-    many samples as :func:`kept_samples` allows; the rest are checkpointed."""
+    many samples as :func:`kept_samples` allows; the rest are checkpointed.
+    ``record``: a checkpointed chunk's ``fn`` gets ``record=`` one empty list of its own, which its
+    forward may fill with what the recomputation can reuse (e.g. :func:`.etb.etb_forward`'s masks)."""
     grad = torch.is_grad_enabled()
     outs = []
     for s in range(0, max(N, 1), chunk):  # N = 0: one call on the empty slices gives empty results
         args = [None if t is None else t[s:s + chunk] for t in tensors]
         if grad and N > chunk and s + chunk > keep:
-            outs.append(checkpoint(fn, *args, use_reentrant=False))
+            outs.append(checkpoint(functools.partial(fn, record=[]) if record else fn, *args, use_reentrant=False))
         else:
             outs.append(fn(*args))
     if isinstance(outs[0], tuple):

@@ -130,7 +130,7 @@ def _next_activation(z: Tensor, s: Tensor, center_at: str) -> Tensor:
 
 def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
                 masks: Optional[Sequence[Tensor]] = None, spec: Optional[Tensor] = None,
-                output_only: bool = False) -> List[CR]:
+                output_only: bool = False, record: Optional[List[Tensor]] = None) -> List[CR]:
     """ETB bounds of every stage output for a chunk of samples, forming ``J_k`` forward.
 
     Convolutional layers keep ``J_k`` in patches form (:mod:`.patches`) while the windows are
@@ -147,13 +147,21 @@ def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
         output_only: only the last entry of the result is wanted: with ETB's own masks, the
             trailing Linear layers then form only the rows their masks need (:mod:`.etb_tail`),
             and the result lists only the stages before them and the output.
+        record: with ``output_only`` and ETB's own masks: an empty list is filled with every mask
+            decided (one per ReLU, in order); a filled one is replayed instead, skipping the radii
+            that only decide masks (the checkpoint's recomputation of a chunk: the masks it decided
+            in forward, at about two thirds of the cost). The entries before the output are then
+            None, not radii.
 
     Returns:
         [(center_k, radius_k)] for k = 1..L (the last one is the output or ``spec @ output``).
     """
     t = tail_start(net, out_rows(net, spec)) if output_only and masks is None else None
+    if not (output_only and masks is None):
+        record = None
+    replay = bool(record)
     if t == 0:  # no directions at all: the lazy tail starts from the input's, diag(r)
-        return [_output_from_tail(net, 0, None, None, r, r.flatten(1), mu.flatten(1), center_at, spec)]
+        return [_output_from_tail(net, 0, None, None, r, r.flatten(1), mu.flatten(1), center_at, spec, record)]
     N = mu.shape[0]
     n = r.shape[1:].numel()  # not r[0]: an empty batch has none
     if isinstance(first, tuple):
@@ -167,10 +175,15 @@ def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
     for k in range(1, len(net.stages)):
         # for the output alone a hidden radius only decides a mask: no graph for it (it was half of
         # the small CNN's graph kept for backward)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not output_only):
-            radius = patches.radius(P, r) if P is not None else abs_sum_directions(D)
+        if replay:
+            radius, s = None, record[k - 1]
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not output_only):
+                radius = patches.radius(P, r) if P is not None else abs_sum_directions(D)
+            s = (z + radius > 0).to(z.dtype).detach() if masks is None else masks[k - 1]
+            if record is not None:
+                record.append(s)
         out.append((z, radius))
-        s = (z + radius > 0).to(z.dtype).detach() if masks is None else masks[k - 1]
         # without a graph the masks go in place (no new tensor): P and D are this chunk's own,
         # except the shared first-stage patches, which have batch 1 and are never changed
         inplace = not torch.is_grad_enabled()
@@ -182,7 +195,8 @@ def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
             D = D * s.unsqueeze(1)
         z = _next_activation(z, s, center_at)
         if k == t:
-            return out + [_output_from_tail(net, t, P, D, r, (radius * s).flatten(1), z.flatten(1), center_at, spec)]
+            rad = None if replay else (radius * s).flatten(1)
+            return out + [_output_from_tail(net, t, P, D, r, rad, z.flatten(1), center_at, spec, record)]
         ops = net.stages[k]
         i = 0
         while i < len(ops):
@@ -208,15 +222,16 @@ def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
     return out
 
 
-def _output_from_tail(net: Network, t: int, P, D, r: Tensor, rad: Tensor, z: Tensor, center_at: str,
-                      spec: Optional[Tensor]) -> CR:
+def _output_from_tail(net: Network, t: int, P, D, r: Tensor, rad: Optional[Tensor], z: Tensor, center_at: str,
+                      spec: Optional[Tensor], record: Optional[List[Tensor]]) -> CR:
     """The output's (center, radius) through the trailing Linear layers (:mod:`.etb_tail`); P and D
-    None: from the input itself (t = 0)."""
+    None: from the input itself (t = 0). ``record``: as in :func:`etb_forward` (rad is None when
+    it replays)."""
     if P is not None:
         D = patches.to_directions(P, r)
     if D is not None:
         D = D.reshape(D.shape[0], D.shape[1], math.prod(D.shape[2:]))  # no -1: an empty batch has 0 elements
-    z, rows = lazy_tail(net, t, D, rad, z, r, lambda v, s: _next_activation(v, s, center_at))
+    z, rows = lazy_tail(net, t, D, rad, z, r, lambda v, s: _next_activation(v, s, center_at), record)
     if spec is not None:
         z, rows = spec_values(z, spec), torch.matmul(spec, rows)
     return z, radius_of_rows(D, rows, r)
