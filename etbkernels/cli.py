@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lam", type=_nonneg_float, default=1.0, help="release loss: weight of the robust CE")
     t.add_argument("--temperature", type=_pos_float, default=1.0, help="release loss: normalization temperature")
     t.add_argument("--mask", choices=("ibp", "etb"), default="ibp",
-                   help="ETB masks (etb, etb-interp, etb-attack): ibp (authors' release; fast) or etb (blockwise; ~10x slower on CNNs). "
+                   help="ETB masks (etb, etb-interp, etb-attack): ibp (authors' release; fast) or etb (blockwise; ~4x slower on the small CNN). "
                         "Networks trained with --method etb learned to defeat ETB bounds with either mask; "
                         "etb-attack (at eps 0.1) and etb-interp kept the violation rate under 5%%: judge every "
                         "ETB-trained network by PGD, verified accuracy and the violation rate (docs/training.md)")
