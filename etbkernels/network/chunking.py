@@ -82,7 +82,7 @@ def chunked(fn, N: int, chunk: int, *tensors, keep: int = 0, record: bool = Fals
     """Runs ``fn`` on slices of ``chunk`` samples and concatenates; checkpoints when grads flow.
 
     ``keep``: the graphs of the chunks within the first ``keep`` samples are kept for backward
-    instead of checkpointed (recomputing a chunk's forward costs as much as running it), e.g. as
+    instead of checkpointed (recomputing a chunk's forward costs most of what running it did), e.g. as
     many samples as :func:`kept_samples` allows; the rest are checkpointed.
     ``record``: a checkpointed chunk's ``fn`` gets ``record=`` one empty list of its own, which its
     forward may fill with what the recomputation can reuse (e.g. :func:`.etb.etb_forward`'s masks)."""
