@@ -31,7 +31,7 @@ from .harness import parse_bench_args, write_results
 from .harness.flops import flop_formula, matmul_rate
 from .harness.results import bench_parser
 from .harness.timing import median_seconds
-from .versus_commit import compare, short_commit
+from .versus_commit import add_compare_args, compare, short_commit
 
 # key -> (model, batch, "train" | "bounds")
 SETUP = r"""
@@ -116,10 +116,7 @@ def floor(name: str, batch: int, kind: str) -> dict:
 
 def main(argv=None) -> int:
     parser = bench_parser(__doc__, "etb_mask_speedup")
-    parser.add_argument("--commit", default="870a731", help="the commit to compare this checkout with")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per case")
-    parser.add_argument("--pairs", type=int, default=1, help="pairs of fresh worker processes")
-    parser.add_argument("--threads", type=int, default=1)
+    add_compare_args(parser, commit="870a731", rounds=3, pairs=1, threads=1)
     parser.add_argument("--cases", default="small:128:train,small:256:train,medium:128:train,medium:256:train,"
                                           "small:256:bounds,medium:256:bounds")
     args = parse_bench_args(parser, argv)

@@ -136,13 +136,18 @@ def _graph_overhead_ms(names, batch: int) -> dict:
     return out
 
 
+def add_compare_args(parser, commit: str, rounds: int, pairs: int, threads: int) -> None:
+    """The options of a benchmark that runs :func:`compare`, with its defaults."""
+    parser.add_argument("--commit", default=commit, help="the commit to compare this checkout with")
+    parser.add_argument("--rounds", type=int, default=rounds, help="interleaved rounds per call, per pair")
+    parser.add_argument("--pairs", type=int, default=pairs, help="pairs of fresh worker processes")
+    parser.add_argument("--threads", type=int, default=threads)
+
+
 def main(argv=None) -> int:
     parser = bench_parser(__doc__, "versus_commit")
-    parser.add_argument("--commit", default="HEAD~1", help="the commit to compare this checkout with")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per model and method, per pair")
-    parser.add_argument("--pairs", type=int, default=3, help="pairs of fresh worker processes")
+    add_compare_args(parser, commit="HEAD~1", rounds=7, pairs=3, threads=2)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default="small,medium")
     args = parse_bench_args(parser, argv)
     rounds, batch, pairs = (2, 8, 1) if args.quick else (args.rounds, args.batch, args.pairs)

@@ -102,7 +102,7 @@ def bounds(model: nn.Module, x: Tensor, eps: Union[float, Tensor], *, method: st
         chunk_size: samples processed together (not IBP; default: chosen so the largest per-chunk
             tensors stay near ``DEFAULT_CHUNK_BYTES`` = 1 GiB, and on CPU, for the forward
             (``mask="etb"``, ``"crown-forward"``) path, near a third of ``CPU_CACHE_CHUNK_BYTES``
-            = 32 MiB, a last-level cache; ``"crown"`` bounds its memory by row groups instead, and takes the
+            = 32 MiB, a last-level cache (twice that with gradients); ``"crown"`` bounds its memory by row groups instead, and takes the
             whole batch at once unless gradients flow).
             With gradients enabled, chunks are checkpointed so memory stays bounded in backward
             too (with ETB's default chunks only those beyond what the memory target can keep).

@@ -150,7 +150,7 @@ def etb_forward(net: Network, mu: Tensor, r: Tensor, first, center_at: str,
         record: with ``output_only`` and ETB's own masks: an empty list is filled with every mask
             decided (one per ReLU, in order); a filled one is replayed instead, skipping the radii
             that only decide masks (the checkpoint's recomputation of a chunk: the masks it decided
-            in forward, at 70-75% of the cost on the MNIST CNNs). The entries before the output are
+            in forward, at 69-76% of the cost on the MNIST CNNs). The entries before the output are
             then None, not radii.
 
     Returns:

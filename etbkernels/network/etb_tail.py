@@ -101,8 +101,8 @@ def radius_of_rows(D: Optional[Tensor], rows: Tensor, r: Tensor) -> Tensor:
 class _RowsRadius(torch.autograd.Function):
     """``|rows D^T|`` summed over the n directions, as the wide product ``rows @ D^T`` (R x n per
     sample), with a backward that keeps every product wide. Autograd of ``(D @ rows^T).abs().sum(1)``
-    formed ``D^T @ grad`` (h x n times n x R, R = 10 outputs), which ran at about 5% of the matmul
-    rate: 4% of the medium CNN's training step (batch 256, 1 thread)."""
+    formed ``D^T @ grad`` (h x n times n x R, R = 10 outputs), which ran at about 6% of the matmul
+    rate: 3% of the medium CNN's training step in a profile (batch 256, 1 thread)."""
 
     @staticmethod
     def forward(ctx, D, rows):
